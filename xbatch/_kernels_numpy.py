@@ -1,0 +1,242 @@
+"""The kernels in NumPy: the fallback backend and the readable reference.
+
+``xbatch/_kernels.pyx`` implements exactly these names with the same signatures and
+results. Inputs here are already validated by :mod:`xbatch.kernels`; call that module,
+not this one.
+
+Placement follows grain's packers (``grain.experimental.FirstFitPackIterDataset`` /
+``BestFitPackIterDataset``) bit for bit: an item of lengths ``l[f]`` fits bin ``b`` when
+``used[f, b] + l[f] <= capacity[f]`` for every feature ``f`` and the bin holds fewer than
+``max_items_per_bin`` items; after placement ``used[f, b]`` rounds up to a multiple of
+``alignment[f]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_BIN = -1
+
+
+def _round_up(values: np.ndarray, alignments: np.ndarray) -> np.ndarray:
+    return (values + alignments - 1) // alignments * alignments
+
+
+class BinPacker:
+    """Online placement of items into ``num_bins`` bins over ``F`` features.
+
+    Args:
+      capacities: int64[F], cells per bin for each feature (> 0).
+      alignments: int64[F], a feature's next free cell rounds up to a multiple (>= 1).
+      num_bins: number of bins (>= 1).
+      max_items_per_bin: cap on items per bin; 0 means no cap.
+      best_fit: place into the fitting bin with the most used cells (summed over
+        features; ties to the lowest index) instead of the first fitting bin.
+    """
+
+    def __init__(self, capacities, alignments, num_bins, max_items_per_bin, best_fit):
+        self.capacities = np.array(capacities, dtype=np.int64)
+        self.alignments = np.array(alignments, dtype=np.int64)
+        self.num_bins = int(num_bins)
+        self.max_items_per_bin = int(max_items_per_bin)
+        self.best_fit = bool(best_fit)
+        self.num_features = len(self.capacities)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empties every bin."""
+        self._used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
+        self._counts = np.zeros(self.num_bins, dtype=np.int64)
+        self._num_used_bins = 0
+
+    @property
+    def used(self) -> np.ndarray:
+        """int64[F, num_bins]: next free cell of each bin per feature (a copy)."""
+        return self._used.copy()
+
+    @property
+    def counts(self) -> np.ndarray:
+        """int64[num_bins]: items held by each bin (a copy)."""
+        return self._counts.copy()
+
+    @property
+    def num_used_bins(self) -> int:
+        """Bins holding at least one item; they are always bins ``0 .. n-1``."""
+        return self._num_used_bins
+
+    def _check_item(self, lengths: np.ndarray) -> None:
+        if lengths.shape != (self.num_features,):
+            raise ValueError(
+                f"lengths: expected {self.num_features} lengths per item, got shape {lengths.shape}"
+            )
+        if np.any(lengths < 0) or np.any(lengths > self.capacities):
+            raise ValueError(
+                f"lengths: item lengths {lengths.tolist()} must lie in 0..capacities "
+                f"{self.capacities.tolist()} (an item longer than a bin fits no bin)"
+            )
+
+    def _find_bin(self, lengths: np.ndarray) -> int:
+        used, caps = self._used, self.capacities[:, None]
+        if self.best_fit:
+            new_used = used + lengths[:, None]
+            if self.max_items_per_bin:
+                # grain's rule: a full bin gets its capacity added, so it still "fits"
+                # an item when all its used cells and the item's lengths are zero.
+                new_used = new_used + (self._counts >= self.max_items_per_bin) * caps
+            fits = np.all(new_used <= caps, axis=0)
+            if not fits.any():
+                return NO_BIN
+            scores = used.sum(axis=0)
+            scores[~fits] = -1
+            return int(np.argmax(scores))
+        fits = np.all(used + lengths[:, None] <= caps, axis=0)
+        if self.max_items_per_bin:
+            fits &= self._counts < self.max_items_per_bin
+        if not fits.any():
+            return NO_BIN
+        return int(np.argmax(fits))
+
+    def _put(self, lengths: np.ndarray, bin_index: int) -> None:
+        end = self._used[:, bin_index] + lengths
+        self._used[:, bin_index] = _round_up(end, self.alignments)
+        self._counts[bin_index] += 1
+        self._num_used_bins = max(self._num_used_bins, bin_index + 1)
+
+    def place_one(self, lengths) -> int:
+        """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        self._check_item(lengths)
+        bin_index = self._find_bin(lengths)
+        if bin_index != NO_BIN:
+            self._put(lengths, bin_index)
+        return bin_index
+
+    def place(self, lengths: np.ndarray, out_bins: np.ndarray) -> int:
+        """Places items in order until one fits no bin.
+
+        Args:
+          lengths: int64[n, F], C-contiguous.
+          out_bins: int64[n]; ``out_bins[i]`` receives item ``i``'s bin.
+
+        Returns:
+          How many items were placed (a prefix of ``lengths``).
+        """
+        for i in range(lengths.shape[0]):
+            bin_index = self.place_one(lengths[i])
+            if bin_index == NO_BIN:
+                return i
+            out_bins[i] = bin_index
+        return lengths.shape[0]
+
+
+def item_starts(lengths: np.ndarray, bins: np.ndarray, alignment: int, num_bins: int):
+    """Where each item starts in its bin and its 1-based segment id there.
+
+    Items are laid out in order: an item starts at its bin's next free cell, which after
+    each item rounds up to a multiple of ``alignment``.
+
+    Returns:
+      (starts int64[n], segment_ids int64[n], ends int64[num_bins]) where ``ends`` is each
+      bin's next free cell after the last item.
+    """
+    n = len(lengths)
+    aligned = _round_up(lengths.astype(np.int64), np.int64(alignment))
+    order = np.argsort(bins, kind="stable")
+    sorted_bins = bins[order]
+    cumulative = np.cumsum(aligned[order])
+    group_first = np.ones(n, dtype=bool)
+    group_first[1:] = sorted_bins[1:] != sorted_bins[:-1]
+    first_index = np.maximum.accumulate(np.where(group_first, np.arange(n), 0))
+    before_group = np.where(first_index > 0, cumulative[first_index - 1], 0) if n else cumulative
+    starts = np.empty(n, dtype=np.int64)
+    starts[order] = cumulative - aligned[order] - before_group
+    segment_ids = np.empty(n, dtype=np.int64)
+    segment_ids[order] = np.arange(n) - first_index + 1
+    ends = np.zeros(num_bins, dtype=np.int64)
+    np.add.at(ends, bins, aligned)
+    return starts, segment_ids, ends
+
+
+def _token_coordinates(lengths, bins, alignment, num_bins, row_length):
+    """Row, column and position of every token of the concatenated items."""
+    starts, segment_ids, ends = item_starts(lengths, bins, alignment, num_bins)
+    # An aligned end may pass the row by alignment padding only; real tokens may not.
+    last_cells = starts + lengths
+    overflow = np.flatnonzero(last_cells > row_length)
+    if overflow.size:
+        return None, int(overflow[0])
+    total = int(lengths.sum())
+    item_of_token = np.repeat(np.arange(len(lengths)), lengths)
+    source_starts = np.cumsum(lengths) - lengths
+    positions = np.arange(total, dtype=np.int64) - source_starts[item_of_token]
+    rows = bins[item_of_token]
+    columns = starts[item_of_token] + positions
+    return (rows, columns, positions, segment_ids[item_of_token]), -1
+
+
+def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
+    """Writes 1-based segment ids and per-item positions of placed items into rows.
+
+    Args:
+      lengths: int64[n] item lengths (tokens), in placement order.
+      bins: int64[n] each item's row, in ``[0, rows)``.
+      alignment: an item's start rounds up to a multiple of this (cells).
+      out_segment_ids, out_positions: int32[rows, row_length], zero-filled by the caller.
+
+    Returns:
+      -1 on success, else the index of the first item that does not fit its row (nothing
+      is written then).
+    """
+    coordinates, failed = _token_coordinates(
+        lengths, bins, alignment, out_segment_ids.shape[0], out_segment_ids.shape[1]
+    )
+    if coordinates is None:
+        return failed
+    rows, columns, positions, segment_ids = coordinates
+    out_segment_ids[rows, columns] = segment_ids
+    out_positions[rows, columns] = positions
+    return -1
+
+
+def scatter_rows(values, lengths, bins, alignment, out_values):
+    """Copies the concatenated items ``values`` into rows of ``out_values``.
+
+    Args:
+      values: [sum(lengths), ...] the items' tokens back to back, in placement order.
+      lengths, bins, alignment: as for :func:`pack_rows`.
+      out_values: [rows, row_length, ...] pre-filled with padding by the caller.
+
+    Returns:
+      -1 on success, else the index of the first item that does not fit its row.
+    """
+    coordinates, failed = _token_coordinates(
+        lengths, bins, alignment, out_values.shape[0], out_values.shape[1]
+    )
+    if coordinates is None:
+        return failed
+    rows, columns, _, _ = coordinates
+    out_values[rows, columns] = values
+    return -1
+
+
+def document_borders(segmentation: np.ndarray) -> np.ndarray:
+    """bool[B, L]: True at column 0 and wherever the segment id differs from the previous."""
+    borders = np.ones(segmentation.shape, dtype=bool)
+    np.not_equal(segmentation[:, 1:], segmentation[:, :-1], out=borders[:, 1:])
+    return borders
+
+
+def shift_right(rows: np.ndarray, fill) -> np.ndarray:
+    """[B, L] rows moved one cell right along L; column 0 becomes ``fill``."""
+    out = np.empty_like(rows)
+    out[:, 1:] = rows[:, :-1]
+    out[:, :1] = fill
+    return out
+
+
+def shift_left(rows: np.ndarray, fill) -> np.ndarray:
+    """[B, L] rows moved one cell left along L; the last column becomes ``fill``."""
+    out = np.empty_like(rows)
+    out[:, :-1] = rows[:, 1:]
+    out[:, -1:] = fill
+    return out

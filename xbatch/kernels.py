@@ -1,0 +1,254 @@
+"""The packing kernels, validated: call these, not the backend modules.
+
+Every function checks its arguments here, in Python, and only then hands them to the
+active backend (``xbatch.BACKEND``): the compiled Cython kernels or their NumPy twins.
+Bad input raises ``TypeError``/``ValueError`` naming the argument, its value and what was
+expected; no input can make the compiled code read or write out of bounds.
+
+int32 and int64 arrays take the compiled path; other dtypes (e.g. bfloat16, float32) and
+N-d features take the NumPy path inside the same call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backend, _kernels_numpy
+
+ALGORITHMS = ("first_fit", "best_fit")
+_COMPILED_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+__all__ = [
+    "ALGORITHMS",
+    "BinPacker",
+    "document_borders",
+    "pack_rows",
+    "scatter_rows",
+    "shift_left",
+    "shift_right",
+]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int_array(name: str, value: Any, ndim: int) -> np.ndarray:
+    """``value`` as a C-contiguous int64 array of ``ndim`` dimensions, or a clear error."""
+    array = np.asarray(value)
+    if array.size == 0 and array.dtype == np.float64 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int64)  # an empty list has no integer dtype of its own
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: expected an integer array, got {_describe(value)}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got {_describe(value)}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _per_feature(name: str, value: Any, num_features: int, default: int) -> np.ndarray:
+    if value is None:
+        return np.full(num_features, default, dtype=np.int64)
+    array = _int_array(name, np.atleast_1d(value), 1)
+    if array.shape != (num_features,):
+        raise ValueError(f"{name}: expected {num_features} values (one per feature), got {_describe(value)}")
+    return array
+
+
+def BinPacker(  # noqa: N802 - a factory that stands for the backend's class
+    capacities: Any,
+    *,
+    num_bins: int,
+    alignments: Any = None,
+    max_items_per_bin: int | None = None,
+    algorithm: str = "first_fit",
+):
+    """An online first-fit or best-fit bin packer over one or more features.
+
+    Args:
+      capacities: cells per bin for each feature (an int, or one int per feature), > 0.
+      num_bins: number of bins, >= 1.
+      alignments: per feature, a bin's next free cell rounds up to a multiple of this
+        after each item (default 1: no rounding).
+      max_items_per_bin: at most this many items per bin (default: no cap).
+      algorithm: ``"first_fit"`` (lowest-index bin with room) or ``"best_fit"`` (the
+        bin with room and the most used cells summed over features, ties to the lowest
+        index) -- grain's two rules, bit for bit.
+
+    Returns:
+      The active backend's ``BinPacker``. ``place_one(lengths)`` places one item and
+      returns its bin or -1; ``place(lengths[n, F], out_bins[n])`` places items in order
+      until one fits no bin and returns how many were placed; ``reset()`` empties the
+      bins; ``used``, ``counts`` and ``num_used_bins`` describe the bins. Single-feature
+      placement costs O(log num_bins) per item on the compiled backend.
+    """
+    capacity_array = _int_array("capacities", np.atleast_1d(capacities), 1)
+    if capacity_array.size == 0 or np.any(capacity_array <= 0):
+        raise ValueError(f"capacities: expected one or more integers > 0, got {_describe(capacities)}")
+    num_features = capacity_array.size
+    alignment_array = _per_feature("alignments", alignments, num_features, 1)
+    if np.any(alignment_array < 1):
+        raise ValueError(f"alignments: expected integers >= 1, got {_describe(alignments)}")
+    num_bins = _positive_int("num_bins", num_bins)
+    cap = 0 if max_items_per_bin is None else _positive_int("max_items_per_bin", max_items_per_bin)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
+    return _backend.impl.BinPacker(
+        capacity_array, alignment_array, num_bins, cap, algorithm == "best_fit"
+    )
+
+
+def _check_placement(lengths: Any, bins: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    lengths = _int_array("lengths", lengths, 1)
+    bins = _int_array("bins", bins, 1)
+    if lengths.shape != bins.shape:
+        raise ValueError(
+            f"bins: expected one bin per item ({lengths.shape[0]} items), got {_describe(bins)}"
+        )
+    if lengths.size and lengths.min() < 0:
+        raise ValueError(f"lengths: expected lengths >= 0, got minimum {lengths.min()}")
+    if bins.size and (bins.min() < 0 or bins.max() >= rows):
+        raise ValueError(
+            f"bins: expected bin indices in [0, {rows}), got range [{bins.min()}, {bins.max()}]"
+        )
+    return lengths, bins
+
+
+def _check_rows(name: str, array: Any, dtype=None, min_ndim: int = 2) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.ndim < min_ndim:
+        raise ValueError(f"{name}: expected a NumPy array with >= {min_ndim} dims (rows, row_length, ...), got {_describe(array)}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
+    if not array.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array")
+    return array
+
+
+def _raise_overflow(failed: int, lengths: np.ndarray, bins: np.ndarray, row_length: int) -> None:
+    if failed >= 0:
+        raise ValueError(
+            f"lengths: item {failed} (length {lengths[failed]}) does not fit row {bins[failed]} "
+            f"of {row_length} cells after the items placed before it"
+        )
+
+
+def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int = 1) -> None:
+    """Writes segment ids (1-based per row) and positions (0-based per item) of items.
+
+    Items are laid out in order, each at its row's next free cell (rounded up to a
+    multiple of ``alignment`` after every item), as the packers place them. Cells no item
+    covers keep their value (callers pass zero-filled rows: 0 marks padding).
+
+    Args:
+      lengths: int[n], tokens per item, in placement order.
+      bins: int[n], each item's row.
+      out_segment_ids, out_positions: int32[rows, row_length], written in place.
+      alignment: cells (>= 1).
+    """
+    out_segment_ids = _check_rows("out_segment_ids", out_segment_ids, np.int32)
+    out_positions = _check_rows("out_positions", out_positions, np.int32)
+    if out_segment_ids.shape != out_positions.shape or out_segment_ids.ndim != 2:
+        raise ValueError(
+            f"out_positions: expected the 2-d shape of out_segment_ids {out_segment_ids.shape}, "
+            f"got {out_positions.shape}"
+        )
+    alignment = _positive_int("alignment", alignment)
+    lengths, bins = _check_placement(lengths, bins, out_segment_ids.shape[0])
+    if not (out_segment_ids.flags.c_contiguous and out_positions.flags.c_contiguous):
+        impl = _kernels_numpy  # the compiled loop writes C-contiguous rows only
+    else:
+        impl = _backend.impl
+    failed = impl.pack_rows(lengths, bins, alignment, out_segment_ids, out_positions)
+    _raise_overflow(failed, lengths, bins, out_segment_ids.shape[1])
+
+
+def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1) -> None:
+    """Copies items, given back to back in ``values``, into their rows of ``out_values``.
+
+    Args:
+      values: [sum(lengths), ...], the items' tokens concatenated in placement order.
+      lengths, bins, alignment: as for :func:`pack_rows`.
+      out_values: [rows, row_length, ...], pre-filled with padding, written in place.
+        1-d int32/int64 features take the compiled path, anything else NumPy.
+    """
+    out_values = _check_rows("out_values", out_values)
+    values = np.asarray(values)
+    if values.ndim != out_values.ndim - 1 or values.shape[1:] != out_values.shape[2:]:
+        raise ValueError(
+            f"values: expected shape (tokens, {', '.join(map(str, out_values.shape[2:]))}) "
+            f"to match out_values {out_values.shape}, got {_describe(values)}"
+        )
+    alignment = _positive_int("alignment", alignment)
+    lengths, bins = _check_placement(lengths, bins, out_values.shape[0])
+    if int(lengths.sum()) != values.shape[0]:
+        raise ValueError(
+            f"lengths: expected lengths summing to the {values.shape[0]} tokens of values, "
+            f"got a sum of {int(lengths.sum())}"
+        )
+    impl = _kernels_numpy
+    if (
+        out_values.ndim == 2
+        and out_values.dtype in _COMPILED_DTYPES
+        and out_values.flags.c_contiguous
+    ):
+        impl = _backend.impl
+        values = np.ascontiguousarray(values, dtype=out_values.dtype)
+    failed = impl.scatter_rows(values, lengths, bins, alignment, out_values)
+    _raise_overflow(failed, lengths, bins, out_values.shape[1])
+
+
+def _token_rows(name: str, rows: Any) -> tuple[np.ndarray, Any]:
+    """(rows as an array, the backend module to use for them)."""
+    array = np.asarray(rows)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d array (rows, row_length), got {_describe(rows)}")
+    if array.dtype in _COMPILED_DTYPES:
+        return np.ascontiguousarray(array), _backend.impl
+    return array, _kernels_numpy
+
+
+def document_borders(segmentation: Any) -> np.ndarray:
+    """bool[B, L] document borders of a segmentation matrix (seed 000's rule).
+
+    ``borders[:, 0]`` is True and ``borders[:, i] = seg[:, i] != seg[:, i - 1]``: a
+    recurrent model resets its state there. ``[1,1,2,2,2,3] -> [1,0,1,0,0,1]``; padding
+    after the last document starts a border too: ``[1,1,1,1,2,2,2,0] -> [1,0,0,0,1,0,0,1]``.
+    """
+    array = np.asarray(segmentation)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"segmentation: expected an integer array, got {_describe(segmentation)}")
+    array, impl = _token_rows("segmentation", array)
+    return impl.document_borders(array)
+
+
+def _fill_scalar(name: str, fill: Any, dtype: np.dtype):
+    value = np.asarray(fill)
+    if value.ndim != 0 or not np.can_cast(np.min_scalar_type(value), dtype, casting="same_kind"):
+        raise ValueError(f"{name}: expected a scalar that fits dtype {dtype}, got {fill!r}")
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if not info.min <= int(value) <= info.max:
+            raise ValueError(f"{name}: {fill!r} does not fit dtype {dtype}")
+    return value.astype(dtype)[()]
+
+
+def shift_right(rows: Any, fill: Any = 0) -> np.ndarray:
+    """A new [B, L] array: each row moved one cell right; column 0 holds ``fill``."""
+    array, impl = _token_rows("rows", rows)
+    return impl.shift_right(array, _fill_scalar("fill", fill, array.dtype))
+
+
+def shift_left(rows: Any, fill: Any = 0) -> np.ndarray:
+    """A new [B, L] array: each row moved one cell left; the last column holds ``fill``."""
+    array, impl = _token_rows("rows", rows)
+    return impl.shift_left(array, _fill_scalar("fill", fill, array.dtype))

@@ -1,0 +1,38 @@
+"""What a packer did: counts users read to trust it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class PackingStats:
+    """Running totals of one packer (one iterator, or one bulk call).
+
+    Attributes:
+      rows: packed rows emitted.
+      documents: input documents (or items) consumed.
+      pieces: packed pieces; a split document counts once per piece.
+      tokens: real (non-padding) cells written into rows, summed over the first feature
+        (for the LLM packer: document tokens plus their end-of-document tokens).
+      capacity: cells offered by the emitted rows (rows x row length of the first feature).
+      tokens_truncated: tokens dropped by ``long_documents="truncate"``.
+      documents_split: documents cut into more than one piece by ``"split"``.
+    """
+
+    rows: int = 0
+    documents: int = 0
+    pieces: int = 0
+    tokens: int = 0
+    capacity: int = 0
+    tokens_truncated: int = 0
+    documents_split: int = 0
+
+    @property
+    def fill_ratio(self) -> float:
+        """Real tokens / row capacity of the emitted rows (0.0 before any row)."""
+        return self.tokens / self.capacity if self.capacity else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Every count and the fill ratio, e.g. for logging."""
+        return {**dataclasses.asdict(self), "fill_ratio": self.fill_ratio}
