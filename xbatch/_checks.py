@@ -1,0 +1,55 @@
+"""Argument checks shared by both kernel backends, so both raise the same errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def raise_bad_item(lengths: Any, capacities: np.ndarray) -> None:
+    """Raises the error for one item whose lengths do not fit an empty bin."""
+    values = np.asarray(lengths).reshape(-1).tolist()
+    if len(values) != len(capacities):
+        raise ValueError(
+            f"lengths: expected {len(capacities)} lengths per item (one per feature), got {values}"
+        )
+    raise ValueError(
+        f"lengths: item lengths {values} must lie in 0..capacities {capacities.tolist()} "
+        "(an item longer than a bin fits no bin)"
+    )
+
+
+def check_place_args(lengths: Any, out_bins: Any, capacities: np.ndarray) -> None:
+    """Checks ``BinPacker.place`` arguments: shapes, dtypes and every item's lengths."""
+    num_features = len(capacities)
+    if not (
+        isinstance(lengths, np.ndarray)
+        and lengths.dtype == np.int64
+        and lengths.ndim == 2
+        and lengths.shape[1] == num_features
+        and lengths.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"lengths: expected a C-contiguous int64 array of shape (items, {num_features}), "
+            f"got {type(lengths).__name__} {getattr(lengths, 'shape', '')} {getattr(lengths, 'dtype', '')}"
+        )
+    if not (
+        isinstance(out_bins, np.ndarray)
+        and out_bins.dtype == np.int64
+        and out_bins.ndim == 1
+        and out_bins.shape[0] >= lengths.shape[0]
+        and out_bins.flags.c_contiguous
+        and out_bins.flags.writeable
+    ):
+        raise ValueError(
+            f"out_bins: expected a writeable C-contiguous int64 array of at least "
+            f"{lengths.shape[0]} items, got {type(out_bins).__name__} "
+            f"{getattr(out_bins, 'shape', '')} {getattr(out_bins, 'dtype', '')}"
+        )
+    bad = np.flatnonzero(np.any((lengths < 0) | (lengths > capacities), axis=1))
+    if bad.size:
+        raise ValueError(
+            f"lengths: item {bad[0]} has lengths {lengths[bad[0]].tolist()}, outside "
+            f"0..capacities {capacities.tolist()} (an item longer than a bin fits no bin)"
+        )

@@ -1,0 +1,401 @@
+# distutils: language = c++
+"""The compiled kernels: typed loops over memoryviews, no Python objects inside.
+
+Same names, signatures and results as ``xbatch/_kernels_numpy.py`` (the readable
+reference). Arguments arrive validated by :mod:`xbatch.kernels`; the loops still check
+every index they write so that no input can take them out of bounds.
+"""
+
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy
+from libcpp.pair cimport pair
+from libcpp.set cimport set as cpp_set
+from libcpp.vector cimport vector
+
+import numpy as np
+
+from . import _checks
+
+cdef extern from *:
+    """
+    #include <set>
+    #include <utility>
+    #include <cstdint>
+    typedef std::set<std::pair<int64_t, int64_t> >::iterator xb_pair_iter;
+    typedef std::set<int64_t>::iterator xb_int_iter;
+    static inline int64_t xb_pair_first(xb_pair_iter it) { return it->first; }
+    static inline int64_t xb_pair_second(xb_pair_iter it) { return it->second; }
+    static inline int64_t xb_int_value(xb_int_iter it) { return *it; }
+    """
+    # Read C++ set iterators without going through Python objects.
+    int64_t pair_first "xb_pair_first"(cpp_set[pair[int64_t, int64_t]].iterator) nogil
+    int64_t pair_second "xb_pair_second"(cpp_set[pair[int64_t, int64_t]].iterator) nogil
+    int64_t set_value "xb_int_value"(cpp_set[int64_t].iterator) nogil
+
+ctypedef fused token_t:
+    int32_t
+    int64_t
+
+cdef int64_t NO_BIN = -1
+# Tree value of a bin that takes no item at all (lengths are >= 0).
+cdef int64_t BLOCKED = -1
+# Depth-first search stack: two entries per tree level are enough (2 * 64 levels).
+DEF STACK_SIZE = 130
+
+
+cdef inline int64_t round_up(int64_t value, int64_t alignment) noexcept nogil:
+    return (value + alignment - 1) // alignment * alignment
+
+
+cdef class BinPacker:
+    """Online first-fit / best-fit placement into ``num_bins`` bins over ``F`` features.
+
+    First fit keeps, per feature, a max-tree over the bins' free cells and walks down to
+    the leftmost bin where every feature fits: O(log B) for one feature. Best fit with
+    one feature keeps the bins ordered by (free cells, index) and takes the first with
+    enough room: O(log B). Best fit over several features scans the bins.
+    """
+
+    cdef readonly int64_t num_bins, num_features, max_items_per_bin
+    cdef readonly bint best_fit
+    cdef int64_t _num_leaves, _num_used_bins
+    cdef int64_t[::1] _capacities, _alignments, _counts, _item
+    cdef int64_t[:, ::1] _used  # [F, B]
+    cdef int64_t[:, ::1] _tree  # [F, 2 * num_leaves]: max free cells below a node
+    cdef cpp_set[pair[int64_t, int64_t]] _by_free  # (free cells, bin) of open bins
+    cdef cpp_set[int64_t] _full_empty  # bins at the item cap whose used cells are 0
+
+    def __init__(self, capacities, alignments, num_bins, max_items_per_bin, best_fit):
+        self._capacities = np.array(capacities, dtype=np.int64)
+        self._alignments = np.array(alignments, dtype=np.int64)
+        self.num_features = self._capacities.shape[0]
+        self.num_bins = num_bins
+        self.max_items_per_bin = max_items_per_bin
+        self.best_fit = best_fit
+        self._num_leaves = 1
+        while self._num_leaves < self.num_bins:
+            self._num_leaves *= 2
+        self._used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
+        self._counts = np.zeros(self.num_bins, dtype=np.int64)
+        self._tree = np.zeros((self.num_features, 2 * self._num_leaves), dtype=np.int64)
+        self._item = np.zeros(self.num_features, dtype=np.int64)
+        self.reset()
+
+    @property
+    def capacities(self):
+        return np.array(self._capacities)
+
+    @property
+    def alignments(self):
+        return np.array(self._alignments)
+
+    @property
+    def used(self):
+        """int64[F, num_bins]: next free cell of each bin per feature (a copy)."""
+        return np.array(self._used)
+
+    @property
+    def counts(self):
+        """int64[num_bins]: items held by each bin (a copy)."""
+        return np.array(self._counts)
+
+    @property
+    def num_used_bins(self):
+        """Bins holding at least one item; they are always bins ``0 .. n-1``."""
+        return self._num_used_bins
+
+    def reset(self):
+        """Empties every bin."""
+        cdef int64_t f, b, node
+        self._used[:, :] = 0
+        self._counts[:] = 0
+        self._num_used_bins = 0
+        self._by_free.clear()
+        self._full_empty.clear()
+        for f in range(self.num_features):
+            for b in range(self._num_leaves):
+                self._tree[f, self._num_leaves + b] = (
+                    self._capacities[f] if b < self.num_bins else BLOCKED
+                )
+            for node in range(self._num_leaves - 1, 0, -1):
+                self._tree[f, node] = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
+        if self.best_fit and self.num_features == 1:
+            for b in range(self.num_bins):
+                self._by_free.insert(pair[int64_t, int64_t](self._capacities[0], b))
+
+    cdef inline bint _is_full(self, int64_t b) noexcept nogil:
+        return self.max_items_per_bin > 0 and self._counts[b] >= self.max_items_per_bin
+
+    cdef inline bint _node_fits(self, int64_t node) noexcept nogil:
+        cdef int64_t f
+        for f in range(self.num_features):
+            if self._tree[f, node] < self._item[f]:
+                return False
+        return True
+
+    cdef int64_t _first_fit(self) noexcept nogil:
+        """Leftmost bin where every feature fits: depth-first, left child first."""
+        cdef int64_t stack[STACK_SIZE]
+        cdef int64_t top = 1, node
+        stack[0] = 1
+        while top > 0:
+            top -= 1
+            node = stack[top]
+            if not self._node_fits(node):
+                continue
+            if node >= self._num_leaves:
+                return node - self._num_leaves
+            stack[top] = 2 * node + 1
+            stack[top + 1] = 2 * node
+            top += 2
+        return NO_BIN
+
+    cdef int64_t _best_fit_one_feature(self) noexcept nogil:
+        cdef int64_t length = self._item[0]
+        cdef int64_t capacity = self._capacities[0]
+        cdef int64_t best = NO_BIN, best_score = -1, candidate
+        cdef cpp_set[pair[int64_t, int64_t]].iterator it
+        it = self._by_free.lower_bound(pair[int64_t, int64_t](length, -1))
+        if it != self._by_free.end():
+            best = pair_second(it)
+            best_score = capacity - pair_first(it)
+        # grain lets a bin at the item cap take an item when its used cells and the
+        # item's length are all zero; such a bin scores 0.
+        if length == 0 and not self._full_empty.empty():
+            candidate = set_value(self._full_empty.begin())
+            if best == NO_BIN or (best_score == 0 and candidate < best):
+                best = candidate
+        return best
+
+    cdef int64_t _best_fit_scan(self) noexcept nogil:
+        cdef int64_t b, f, score, best = NO_BIN, best_score = -1
+        cdef int64_t extra
+        cdef bint fits
+        for b in range(self.num_bins):
+            fits = True
+            score = 0
+            extra = 1 if self._is_full(b) else 0
+            for f in range(self.num_features):
+                if self._used[f, b] + self._item[f] + extra * self._capacities[f] > self._capacities[f]:
+                    fits = False
+                    break
+                score += self._used[f, b]
+            if fits and score > best_score:
+                best_score = score
+                best = b
+        return best
+
+    cdef void _put(self, int64_t b) noexcept nogil:
+        cdef int64_t f, node, free
+        cdef bint one_feature_best = self.best_fit and self.num_features == 1
+        cdef bint full
+        if one_feature_best and not self._is_full(b):
+            self._by_free.erase(pair[int64_t, int64_t](self._capacities[0] - self._used[0, b], b))
+        for f in range(self.num_features):
+            self._used[f, b] = round_up(self._used[f, b] + self._item[f], self._alignments[f])
+        self._counts[b] += 1
+        if b + 1 > self._num_used_bins:
+            self._num_used_bins = b + 1
+        full = self._is_full(b)
+        if one_feature_best:
+            if not full:
+                self._by_free.insert(pair[int64_t, int64_t](self._capacities[0] - self._used[0, b], b))
+            elif self._used[0, b] == 0:
+                self._full_empty.insert(b)
+            return
+        if self.best_fit:
+            return
+        for f in range(self.num_features):
+            free = BLOCKED if full else self._capacities[f] - self._used[f, b]
+            node = self._num_leaves + b
+            self._tree[f, node] = free
+            node //= 2
+            while node >= 1:
+                self._tree[f, node] = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
+                node //= 2
+
+    cdef int64_t _place_item(self) noexcept nogil:
+        cdef int64_t b
+        if not self.best_fit:
+            b = self._first_fit()
+        elif self.num_features == 1:
+            b = self._best_fit_one_feature()
+        else:
+            b = self._best_fit_scan()
+        if b != NO_BIN:
+            self._put(b)
+        return b
+
+    def place_one(self, lengths):
+        """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
+        cdef int64_t f, value
+        cdef bint bad = False
+        if isinstance(lengths, (int, np.integer)) and self.num_features == 1:
+            lengths = (lengths,)
+        if len(lengths) != self.num_features:
+            _checks.raise_bad_item(lengths, self.capacities)
+        for f in range(self.num_features):
+            value = lengths[f]
+            if value < 0 or value > self._capacities[f]:
+                bad = True
+            self._item[f] = value
+        if bad:
+            _checks.raise_bad_item(lengths, self.capacities)
+        return self._place_item()
+
+    def place(self, lengths, out_bins):
+        """Places items in order until one fits no bin.
+
+        Args:
+          lengths: int64[n, F], C-contiguous.
+          out_bins: int64[n]; ``out_bins[i]`` receives item ``i``'s bin.
+
+        Returns:
+          How many items were placed (a prefix of ``lengths``).
+        """
+        _checks.check_place_args(lengths, out_bins, self.capacities)
+        cdef const int64_t[:, ::1] items = lengths
+        cdef int64_t[::1] bins = out_bins
+        cdef int64_t i, f, b, n = items.shape[0], placed = n
+        with nogil:
+            for i in range(n):
+                for f in range(self.num_features):
+                    self._item[f] = items[i, f]
+                b = self._place_item()
+                if b == NO_BIN:
+                    placed = i
+                    break
+                bins[i] = b
+        return placed
+
+
+cdef int64_t _first_overflow(
+    const int64_t[::1] lengths,
+    const int64_t[::1] bins,
+    int64_t alignment,
+    int64_t rows,
+    int64_t row_length,
+    int64_t num_values,
+    vector[int64_t]& cursor,
+) noexcept nogil:
+    """Index of the first item that would leave its row (or the values), else -1."""
+    cdef int64_t i, b, end, source = 0
+    for i in range(lengths.shape[0]):
+        b = bins[i]
+        if b < 0 or b >= rows or lengths[i] < 0:
+            return i
+        end = cursor[b] + lengths[i]
+        source += lengths[i]
+        if end > row_length or source > num_values:
+            return i
+        cursor[b] = round_up(end, alignment)
+    return -1
+
+
+def pack_rows(
+    const int64_t[::1] lengths,
+    const int64_t[::1] bins,
+    int64_t alignment,
+    int32_t[:, ::1] out_segment_ids,
+    int32_t[:, ::1] out_positions,
+):
+    """Writes 1-based segment ids and per-item positions of placed items into rows.
+
+    Returns -1 on success, else the index of the first item that does not fit its row
+    (nothing is written then).
+    """
+    cdef int64_t rows = out_segment_ids.shape[0], row_length = out_segment_ids.shape[1]
+    cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
+    cdef vector[int32_t] items_in_row = vector[int32_t](rows, 0)
+    cdef int64_t i, j, b, start, failed
+    cdef int32_t segment
+    if out_positions.shape[0] != rows or out_positions.shape[1] != row_length:
+        raise ValueError("out_positions: expected the shape of out_segment_ids")
+    with nogil:
+        failed = _first_overflow(lengths, bins, alignment, rows, row_length, 1 << 62, cursor)
+        if failed < 0:
+            for b in range(rows):
+                cursor[b] = 0
+            for i in range(lengths.shape[0]):
+                b = bins[i]
+                start = cursor[b]
+                items_in_row[b] += 1
+                segment = items_in_row[b]
+                for j in range(lengths[i]):
+                    out_segment_ids[b, start + j] = segment
+                    out_positions[b, start + j] = <int32_t>j
+                cursor[b] = round_up(start + lengths[i], alignment)
+    return failed
+
+
+def scatter_rows(
+    const token_t[::1] values,
+    const int64_t[::1] lengths,
+    const int64_t[::1] bins,
+    int64_t alignment,
+    token_t[:, ::1] out_values,
+):
+    """Copies the concatenated items ``values`` into rows of ``out_values``.
+
+    Returns -1 on success, else the index of the first item that does not fit its row.
+    """
+    cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
+    cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
+    cdef int64_t i, b, start, source = 0, failed
+    with nogil:
+        failed = _first_overflow(
+            lengths, bins, alignment, rows, row_length, values.shape[0], cursor
+        )
+        if failed < 0:
+            for b in range(rows):
+                cursor[b] = 0
+            for i in range(lengths.shape[0]):
+                b = bins[i]
+                start = cursor[b]
+                if lengths[i] > 0:
+                    memcpy(&out_values[b, start], &values[source], lengths[i] * sizeof(token_t))
+                source += lengths[i]
+                cursor[b] = round_up(start + lengths[i], alignment)
+    return failed
+
+
+def document_borders(const token_t[:, ::1] segmentation):
+    """bool[B, L]: True at column 0 and wherever the segment id differs from the previous."""
+    cdef Py_ssize_t rows = segmentation.shape[0], length = segmentation.shape[1], r, c
+    borders = np.ones((rows, length), dtype=bool)
+    cdef unsigned char[:, ::1] out = borders.view(np.uint8)
+    with nogil:
+        for r in range(rows):
+            for c in range(1, length):
+                out[r, c] = segmentation[r, c] != segmentation[r, c - 1]
+    return borders
+
+
+def shift_right(const token_t[:, ::1] rows, token_t fill):
+    """[B, L] rows moved one cell right along L; column 0 becomes ``fill``."""
+    cdef Py_ssize_t n = rows.shape[0], length = rows.shape[1], r
+    shifted = np.empty((n, length), dtype=np.asarray(rows).dtype)
+    cdef token_t[:, ::1] out = shifted
+    if length == 0:
+        return shifted
+    with nogil:
+        for r in range(n):
+            out[r, 0] = fill
+            if length > 1:
+                memcpy(&out[r, 1], &rows[r, 0], (length - 1) * sizeof(token_t))
+    return shifted
+
+
+def shift_left(const token_t[:, ::1] rows, token_t fill):
+    """[B, L] rows moved one cell left along L; the last column becomes ``fill``."""
+    cdef Py_ssize_t n = rows.shape[0], length = rows.shape[1], r
+    shifted = np.empty((n, length), dtype=np.asarray(rows).dtype)
+    cdef token_t[:, ::1] out = shifted
+    if length == 0:
+        return shifted
+    with nogil:
+        for r in range(n):
+            if length > 1:
+                memcpy(&out[r, 0], &rows[r, 1], (length - 1) * sizeof(token_t))
+            out[r, length - 1] = fill
+    return shifted
