@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _checks
+
 NO_BIN = -1
 
 
@@ -64,17 +66,6 @@ class BinPacker:
         """Bins holding at least one item; they are always bins ``0 .. n-1``."""
         return self._num_used_bins
 
-    def _check_item(self, lengths: np.ndarray) -> None:
-        if lengths.shape != (self.num_features,):
-            raise ValueError(
-                f"lengths: expected {self.num_features} lengths per item, got shape {lengths.shape}"
-            )
-        if np.any(lengths < 0) or np.any(lengths > self.capacities):
-            raise ValueError(
-                f"lengths: item lengths {lengths.tolist()} must lie in 0..capacities "
-                f"{self.capacities.tolist()} (an item longer than a bin fits no bin)"
-            )
-
     def _find_bin(self, lengths: np.ndarray) -> int:
         used, caps = self._used, self.capacities[:, None]
         if self.best_fit:
@@ -105,7 +96,8 @@ class BinPacker:
     def place_one(self, lengths) -> int:
         """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
         lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        self._check_item(lengths)
+        if lengths.shape != (self.num_features,) or np.any(lengths < 0) or np.any(lengths > self.capacities):
+            _checks.raise_bad_item(lengths, self.capacities)
         bin_index = self._find_bin(lengths)
         if bin_index != NO_BIN:
             self._put(lengths, bin_index)
@@ -121,10 +113,12 @@ class BinPacker:
         Returns:
           How many items were placed (a prefix of ``lengths``).
         """
+        _checks.check_place_args(lengths, out_bins, self.capacities)
         for i in range(lengths.shape[0]):
-            bin_index = self.place_one(lengths[i])
+            bin_index = self._find_bin(lengths[i])
             if bin_index == NO_BIN:
                 return i
+            self._put(lengths[i], bin_index)
             out_bins[i] = bin_index
         return lengths.shape[0]
 
