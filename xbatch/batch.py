@@ -158,17 +158,21 @@ def _default_llm_fields(inputs: Any, targets: Any | None) -> dict[str, Any]:
         else:
             inputs = xp.concatenate([xp.zeros_like(inputs[:, :1]), inputs[:, :-1]], axis=1)
     batch_size, length = shape[:2]
-    positions = xp.broadcast_to(xp.arange(length, dtype=np.int32), (batch_size, length))
-    if xp is np:
-        positions = positions.copy()  # a writeable array, not a broadcast view
-    segmentation = xp.ones((batch_size, length), dtype=np.int32)
+
+    # NumPy fields are separate writeable arrays: no broadcast views, no aliases.
+    def positions():
+        return xp.tile(xp.arange(length, dtype=np.int32), (batch_size, 1))
+
+    def segmentation():
+        return xp.ones((batch_size, length), dtype=np.int32)
+
     return dict(
         inputs=inputs,
         targets=targets,
-        inputs_position=positions,
-        inputs_segmentation=segmentation,
-        targets_position=positions,
-        targets_segmentation=segmentation,
+        inputs_position=positions(),
+        inputs_segmentation=segmentation(),
+        targets_position=positions(),
+        targets_segmentation=segmentation(),
     )
 
 
