@@ -375,3 +375,17 @@ def test_mp_prefetch_two_workers_deliver_every_element_once():
     assert sorted(np.concatenate(batches).tolist()) == list(range(30))
     # Each worker ramps up over its own 15 elements: 2, 2, 4, 4, 3.
     assert sorted(len(b) for b in batches) == sorted([2, 2, 4, 4, 3] * 2)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("absl_flags_parsed")
+def test_ramp_up_after_mp_prefetch_follows_one_schedule():
+    schedule = stepwise_rampup_schedule(2, {2: 2})
+    parent = _source(30).mp_prefetch(grain.MultiprocessingOptions(num_workers=2))
+    iterator = iter(BatchRampUpIterDataset(parent, schedule))
+    try:
+        batches = list(iterator)
+    finally:
+        iterator.close()
+    assert [len(b) for b in batches] == [2, 2, 4, 4, 4, 4, 4, 4, 2]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(30))

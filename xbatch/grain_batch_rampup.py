@@ -397,6 +397,17 @@ class BatchRampUpIterDataset(grain.IterDataset[T]):
 
     Under ``mp_prefetch`` every worker process ramps up over its own batch steps; put
     the ramp-up after ``mp_prefetch`` for one schedule over the merged stream.
+
+    Args:
+      parent: The parent IterDataset whose elements are batched.
+      batch_rampup_schedule: Batch step -> batch size (examples >= 1), e.g. from
+        :func:`create_batch_rampup_schedule`. It must pickle for ``mp_prefetch``.
+      drop_remainder: Whether to drop the last batch if it is smaller than its size.
+      batch_fn: A function that takes a list of elements and returns a batch.
+        Defaults to stacking the elements along a new batch dimension.
+
+    Raises:
+      TypeError: ``batch_rampup_schedule`` is not callable.
     """
 
     def __init__(
@@ -406,16 +417,6 @@ class BatchRampUpIterDataset(grain.IterDataset[T]):
         drop_remainder: bool = False,
         batch_fn: Callable[[Sequence[S]], T] | None = None,
     ):
-        """A IterDataset that batches elements with a ramp-up.
-
-        Args:
-          parent: The parent IterDataset whose elements are batched.
-          batch_rampup_schedule: Batch step -> batch size (examples >= 1), e.g. from
-            :func:`create_batch_rampup_schedule`. It must pickle for ``mp_prefetch``.
-          drop_remainder: Whether to drop the last batch if it is smaller than its size.
-          batch_fn: A function that takes a list of elements and returns a batch.
-            Defaults to stacking the elements along a new batch dimension.
-        """
         super().__init__(parent)
         if not callable(batch_rampup_schedule):
             raise TypeError(
