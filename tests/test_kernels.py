@@ -1,0 +1,445 @@
+"""Kernel tests: every test runs on both backends (the ``backend`` fixture).
+
+Correctness rests on three legs: grain's own packers as the oracle for placement and row
+layout, the two backends against each other on random inputs, and a plain-Python
+reference for the row writers.
+"""
+
+import grain
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xbatch import _backend, _kernels_numpy, kernels
+
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def pack_windows(items, capacities, num_bins, algorithm, max_items, alignments):
+    """Packs ``items`` (list of per-feature length tuples) window by window like grain.
+
+    Returns a list of windows, each a list of bins (one per item of the window).
+    """
+    packer = kernels.BinPacker(
+        capacities,
+        num_bins=num_bins,
+        alignments=alignments,
+        max_items_per_bin=max_items,
+        algorithm=algorithm,
+    )
+    lengths = np.array(items, dtype=np.int64).reshape(len(items), len(capacities))
+    windows = []
+    while len(lengths):
+        out = np.zeros(len(lengths), dtype=np.int64)
+        placed = packer.place(lengths, out)
+        assert placed > 0, "an item that fits an empty bin must be placed"
+        windows.append(out[:placed].tolist())
+        lengths = lengths[placed:]
+        packer.reset()
+    return windows
+
+
+def xbatch_rows(items, capacities, num_bins, algorithm, max_items, alignments):
+    """Rows (values, segment ids, positions per feature) built from the kernels."""
+    windows = pack_windows(items, capacities, num_bins, algorithm, max_items, alignments)
+    rows, start = [], 0
+    for bins in windows:
+        window_items = items[start : start + len(bins)]
+        start += len(bins)
+        num_rows = max(bins) + 1
+        row = {}
+        for f, capacity in enumerate(capacities):
+            lengths = np.array([item[f] for item in window_items], dtype=np.int64)
+            values = np.concatenate([token_values(i + start - len(bins), f, n) for i, n in enumerate(lengths)]) if len(lengths) else np.zeros(0, np.int64)
+            out = np.zeros((num_rows, capacity), dtype=np.int64)
+            seg = np.zeros((num_rows, capacity), dtype=np.int32)
+            pos = np.zeros((num_rows, capacity), dtype=np.int32)
+            kernels.scatter_rows(values, lengths, bins, out, alignment=alignments[f])
+            kernels.pack_rows(lengths, bins, seg, pos, alignment=alignments[f])
+            row[f"f{f}"], row[f"f{f}_segment_ids"], row[f"f{f}_positions"] = out, seg, pos
+        rows.extend({k: v[r] for k, v in row.items()} for r in range(num_rows))
+    return rows
+
+
+def token_values(item_index, feature, length):
+    return np.arange(length, dtype=np.int64) + 1000 * item_index + 100000 * feature + 1
+
+
+def grain_rows(items, capacities, num_bins, algorithm, max_items, alignments):
+    elements = [
+        {f"f{f}": token_values(i, f, n) for f, n in enumerate(item)} for i, item in enumerate(items)
+    ]
+    cls = {
+        "first_fit": grain.experimental.FirstFitPackIterDataset,
+        "best_fit": grain.experimental.BestFitPackIterDataset,
+    }[algorithm]
+    dataset = cls(
+        grain.MapDataset.source(elements).to_iter_dataset(),
+        length_struct={f"f{f}": c for f, c in enumerate(capacities)},
+        num_packing_bins=num_bins,
+        shuffle_bins=False,
+        max_sequences_per_bin=max_items,
+        pack_alignment_struct={f"f{f}": a for f, a in enumerate(alignments)},
+    )
+    return list(dataset)
+
+
+@st.composite
+def packing_problems(draw, max_bins=12, max_features=2):
+    num_features = draw(st.integers(1, max_features))
+    capacities = draw(st.lists(st.integers(1, 24), min_size=num_features, max_size=num_features))
+    alignments = draw(
+        st.one_of(
+            st.just([1] * num_features),
+            st.lists(st.integers(1, 4), min_size=num_features, max_size=num_features),
+        )
+    )
+    num_bins = draw(st.integers(1, max_bins))
+    max_items = draw(st.one_of(st.none(), st.integers(1, 4)))
+    algorithm = draw(st.sampled_from(kernels.ALGORITHMS))
+    length = st.tuples(*[st.integers(0, c) for c in capacities])
+    # Zero-length items, exact fills and uniform lengths are the interesting corners.
+    items = draw(
+        st.lists(
+            st.one_of(length, st.just(tuple(capacities)), st.just((0,) * num_features)),
+            max_size=60,
+        )
+    )
+    return items, capacities, num_bins, algorithm, max_items, alignments
+
+
+# ---------------------------------------------------------------------------------------
+# Placement
+
+
+@SETTINGS
+@given(problem=packing_problems())
+def test_rows_equal_grain(backend, problem):
+    """Placement plus the row writers reproduce grain's packers row for row."""
+    items, capacities, num_bins, algorithm, max_items, alignments = problem
+    ours = xbatch_rows(*problem)
+    theirs = grain_rows(*problem)
+    assert len(ours) == len(theirs)
+    for mine, reference in zip(ours, theirs):
+        assert set(mine) == set(reference)
+        for key in reference:
+            np.testing.assert_array_equal(mine[key], reference[key], err_msg=key)
+
+
+@pytest.mark.skipif(_backend.compiled_module() is None, reason="compiled extension not built")
+@settings(max_examples=150, deadline=None)
+@given(problem=packing_problems(max_bins=40, max_features=3))
+def test_backends_place_identically(problem):
+    """The compiled placement matches the NumPy twin bin for bin, state for state."""
+    items, capacities, num_bins, algorithm, max_items, alignments = problem
+    compiled = _backend.compiled_module()
+    lengths = np.array(items, dtype=np.int64).reshape(len(items), len(capacities))
+    packers = [
+        module.BinPacker(
+            np.array(capacities), np.array(alignments), num_bins, max_items or 0, algorithm == "best_fit"
+        )
+        for module in (compiled, _kernels_numpy)
+    ]
+    while True:
+        outs = [np.full(len(lengths), -7, dtype=np.int64) for _ in packers]
+        placed = [p.place(lengths, out) for p, out in zip(packers, outs)]
+        assert placed[0] == placed[1]
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(packers[0].used, packers[1].used)
+        np.testing.assert_array_equal(packers[0].counts, packers[1].counts)
+        assert packers[0].num_used_bins == packers[1].num_used_bins
+        if placed[0] == len(lengths):
+            break
+        lengths = lengths[placed[0] :]
+        for p in packers:
+            p.reset()
+
+
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+@pytest.mark.parametrize("num_bins", [1, 8, 4096])
+def test_place_one_matches_place(backend, algorithm, num_bins):
+    rng = np.random.default_rng(num_bins)
+    lengths = rng.integers(0, 65, size=(3000, 1)).astype(np.int64)
+    batch = kernels.BinPacker(64, num_bins=num_bins, algorithm=algorithm)
+    single = kernels.BinPacker(64, num_bins=num_bins, algorithm=algorithm)
+    out = np.zeros(len(lengths), dtype=np.int64)
+    placed = batch.place(lengths, out)
+    one_by_one = []
+    for (length,) in lengths:
+        b = single.place_one(int(length))
+        if b < 0:
+            break
+        one_by_one.append(b)
+    assert one_by_one == out[:placed].tolist()
+    np.testing.assert_array_equal(batch.used, single.used)
+
+
+def test_first_fit_and_best_fit_choose_as_documented(backend):
+    first = kernels.BinPacker(10, num_bins=3)
+    best = kernels.BinPacker(10, num_bins=3, algorithm="best_fit")
+    for packer in (first, best):
+        assert [packer.place_one(n) for n in (5, 7)] == [0, 1]
+    assert first.place_one(2) == 0  # the lowest bin with room (5 free)
+    assert best.place_one(2) == 1  # the fullest bin with room (3 free)
+    assert best.place_one(3) == 0  # bin 1 has 1 free; bin 0 (5 used) beats empty bin 2
+    assert first.place_one(10) == 2 and first.place_one(10) == -1
+    assert first.num_used_bins == 3
+
+
+def test_cap_alignment_and_reset(backend):
+    packer = kernels.BinPacker(8, num_bins=2, alignments=4, max_items_per_bin=2)
+    assert [packer.place_one(n) for n in (1, 1, 1, 1, 1)] == [0, 0, 1, 1, -1]
+    np.testing.assert_array_equal(packer.used, [[8, 8]])
+    np.testing.assert_array_equal(packer.counts, [2, 2])
+    packer.reset()
+    assert packer.num_used_bins == 0 and packer.counts.sum() == 0
+    assert packer.place_one(8) == 0
+
+
+def test_empty_input_places_nothing(backend):
+    packer = kernels.BinPacker([4, 4], num_bins=2)
+    assert packer.place(np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)) == 0
+    assert packer.num_used_bins == 0
+
+
+@pytest.mark.parametrize("bad", [[-1], [9]])
+def test_item_outside_capacity_is_rejected(backend, bad):
+    packer = kernels.BinPacker(8, num_bins=2)
+    with pytest.raises(ValueError, match="lengths"):
+        packer.place_one(bad)
+    with pytest.raises(ValueError, match="item 1"):
+        packer.place(np.array([[1], bad], dtype=np.int64), np.zeros(2, dtype=np.int64))
+    assert packer.num_used_bins == 0, "a rejected call places nothing"
+
+
+def test_place_rejects_wrong_arrays(backend):
+    packer = kernels.BinPacker([4, 4], num_bins=2)
+    with pytest.raises(ValueError, match="lengths"):
+        packer.place(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="lengths"):
+        packer.place(np.zeros((3, 2), dtype=np.int32), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="out_bins"):
+        packer.place(np.zeros((3, 2), dtype=np.int64), np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match="lengths"):
+        packer.place_one((1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"capacities": 0, "num_bins": 1}, "capacities"),
+        ({"capacities": [4, -1], "num_bins": 1}, "capacities"),
+        ({"capacities": [], "num_bins": 1}, "capacities"),
+        ({"capacities": 4.5, "num_bins": 1}, "capacities"),
+        ({"capacities": 4, "num_bins": 0}, "num_bins"),
+        ({"capacities": 4, "num_bins": 2.0}, "num_bins"),
+        ({"capacities": 4, "num_bins": 1, "alignments": 0}, "alignments"),
+        ({"capacities": [4, 4], "num_bins": 1, "alignments": [1]}, "alignments"),
+        ({"capacities": 4, "num_bins": 1, "max_items_per_bin": 0}, "max_items_per_bin"),
+        ({"capacities": 4, "num_bins": 1, "algorithm": "worst_fit"}, "algorithm"),
+    ],
+)
+def test_bin_packer_arguments_are_checked(backend, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        kernels.BinPacker(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Row writers
+
+
+def reference_rows(values, lengths, bins, alignment, shape):
+    """Plain-Python layout: the definition the kernels must meet."""
+    out = np.zeros(shape, dtype=values.dtype)
+    seg = np.zeros(shape[:2], dtype=np.int32)
+    pos = np.zeros(shape[:2], dtype=np.int32)
+    cursor = [0] * shape[0]
+    count = [0] * shape[0]
+    source = 0
+    for n, b in zip(lengths, bins):
+        start = cursor[b]
+        count[b] += 1
+        out[b, start : start + n] = values[source : source + n]
+        seg[b, start : start + n] = count[b]
+        pos[b, start : start + n] = np.arange(n)
+        source += n
+        cursor[b] = -(-(start + n) // alignment) * alignment
+    return out, seg, pos
+
+
+@st.composite
+def row_problems(draw):
+    rows = draw(st.integers(1, 6))
+    row_length = draw(st.integers(1, 20))
+    alignment = draw(st.integers(1, 3))
+    fill = [0] * rows
+    lengths, bins = [], []
+    for _ in range(draw(st.integers(0, 25))):
+        b = draw(st.integers(0, rows - 1))
+        room = row_length - fill[b]
+        if room < 0:
+            continue
+        n = draw(st.integers(0, room))
+        lengths.append(n)
+        bins.append(b)
+        fill[b] = -(-(fill[b] + n) // alignment) * alignment
+    dtype = draw(st.sampled_from([np.int32, np.int64]))
+    return rows, row_length, alignment, lengths, bins, dtype
+
+
+@SETTINGS
+@given(problem=row_problems())
+def test_row_writers_match_reference(backend, problem):
+    rows, row_length, alignment, lengths, bins, dtype = problem
+    values = np.arange(1, sum(lengths) + 1, dtype=dtype)
+    expected = reference_rows(values, lengths, bins, alignment, (rows, row_length))
+    out = np.zeros((rows, row_length), dtype=dtype)
+    seg = np.zeros((rows, row_length), dtype=np.int32)
+    pos = np.zeros((rows, row_length), dtype=np.int32)
+    kernels.scatter_rows(values, np.array(lengths, dtype=dtype), bins, out, alignment=alignment)
+    kernels.pack_rows(lengths, bins, seg, pos, alignment=alignment)
+    for got, want in zip((out, seg, pos), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16])
+def test_scatter_other_dtypes_and_nd_features(backend, dtype):
+    lengths, bins = [2, 3, 1], [1, 0, 1]
+    values = np.arange(12, dtype=dtype).reshape(6, 2)  # a 2-d feature: 2 values per token
+    out = np.full((2, 4, 2), 9, dtype=dtype)
+    kernels.scatter_rows(values, lengths, bins, out)
+    expected, _, _ = reference_rows(values, lengths, bins, 1, (2, 4, 2))
+    expected[0, 3:] = 9
+    expected[1, 3:] = 9
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_row_writers_accept_non_contiguous_inputs(backend):
+    lengths = np.array([2, 0, 2, 0, 3, 0], dtype=np.int64)[::2]
+    bins = np.array([[0, 1, 1]], dtype=np.int64).T[:, 0]  # a strided column
+    values = np.arange(14, dtype=np.int32)[::2]
+    out = np.zeros((2, 8), dtype=np.int32)
+    kernels.scatter_rows(values, lengths, bins, out)
+    np.testing.assert_array_equal(out[1, :5], [4, 6, 8, 10, 12])
+    seg = np.zeros((2, 16), dtype=np.int32)[:, ::2]
+    pos = np.zeros((2, 16), dtype=np.int32)[:, ::2]
+    kernels.pack_rows(lengths, bins, seg, pos)
+    np.testing.assert_array_equal(seg[1], [1, 1, 2, 2, 2, 0, 0, 0])
+    np.testing.assert_array_equal(pos[1], [0, 1, 0, 1, 2, 0, 0, 0])
+
+
+def test_overflowing_rows_raise_and_write_nothing(backend):
+    out = np.zeros((1, 4), dtype=np.int64)
+    with pytest.raises(ValueError, match="item 1 .* does not fit row 0"):
+        kernels.scatter_rows(np.arange(5), [2, 3], [0, 0], out)
+    assert not out.any()
+    seg = np.zeros((1, 4), dtype=np.int32)
+    with pytest.raises(ValueError, match="item 1"):
+        kernels.pack_rows([3, 1], [0, 0], seg, np.zeros_like(seg), alignment=2)
+    assert not seg.any()
+
+
+@pytest.mark.parametrize(
+    "call, match, error",
+    [
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [2, 2], [0, 0], o), "sum", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [-1, 4], [0, 0], o), "lengths", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [2], o), "bins", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [1.5, 1.5], [0, 0], o), "lengths", TypeError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [[3]], [[0]], o), "lengths", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0, 1], o), "bins", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0], [[0, 0, 0]]), "out_values", ValueError),
+        (lambda o, s: kernels.pack_rows([1], [0], s.astype(np.int64), s), "out_segment_ids", TypeError),
+        (lambda o, s: kernels.pack_rows([1], [0], s, s[:, :2]), "out_positions", ValueError),
+        (lambda o, s: kernels.pack_rows([1], [0], s, s, alignment=0), "alignment", ValueError),
+        (lambda o, s: kernels.pack_rows([1], [True], s, s), "bins", TypeError),
+    ],
+)
+def test_row_writer_arguments_are_checked(backend, call, match, error):
+    with pytest.raises(error, match=match):
+        call(np.zeros((2, 4), dtype=np.int64), np.zeros((2, 4), dtype=np.int32))
+
+
+@pytest.mark.skipif(_backend.compiled_module() is None, reason="compiled extension not built")
+def test_compiled_row_writers_guard_their_own_bounds():
+    """Even called directly, past the wrappers, the loops refuse out-of-range items."""
+    compiled = _backend.compiled_module()
+    out = np.zeros((2, 4), dtype=np.int64)
+    seg = np.zeros((2, 4), dtype=np.int32)
+    as_i64 = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
+    assert compiled.scatter_rows(as_i64([1, 2, 3]), as_i64([3]), as_i64([5]), 1, out) == 0
+    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([3]), as_i64([0]), 1, out) == 0
+    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([-2]), as_i64([0]), 1, out) == 0
+    assert compiled.pack_rows(as_i64([5]), as_i64([0]), 1, seg, seg.copy()) == 0
+    assert not out.any() and not seg.any()
+
+
+# ---------------------------------------------------------------------------------------
+# Borders and shifts
+
+
+@pytest.mark.parametrize(
+    "segmentation, borders",
+    [
+        ([1, 1, 2, 2, 2, 3], [1, 0, 1, 0, 0, 1]),
+        ([1, 1, 1, 1, 2, 2, 2, 0], [1, 0, 0, 0, 1, 0, 0, 1]),
+        ([0, 0, 0], [1, 0, 0]),
+        ([5], [1]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8])
+def test_document_borders_seed_examples(backend, segmentation, borders, dtype):
+    result = kernels.document_borders(np.array([segmentation, segmentation], dtype=dtype))
+    assert result.dtype == bool
+    np.testing.assert_array_equal(result, np.array([borders, borders], dtype=bool))
+
+
+@SETTINGS
+@given(
+    segmentation=st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5), min_size=0, max_size=4),
+    dtype=st.sampled_from([np.int32, np.int64]),
+)
+def test_document_borders_definition(backend, segmentation, dtype):
+    seg = np.array(segmentation, dtype=dtype).reshape(-1, 5)
+    expected = np.ones(seg.shape, dtype=bool)
+    expected[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    np.testing.assert_array_equal(kernels.document_borders(seg), expected)
+    np.testing.assert_array_equal(kernels.document_borders(seg.T.copy().T), expected)
+
+
+def test_document_borders_rejects_bad_input(backend):
+    with pytest.raises(TypeError, match="segmentation"):
+        kernels.document_borders(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="segmentation"):
+        kernels.document_borders(np.zeros(3, dtype=np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
+@pytest.mark.parametrize("length", [0, 1, 5])
+def test_shifts(backend, dtype, length):
+    rows = (np.arange(3 * length, dtype=dtype).reshape(3, length) + 1)[:, ::-1]  # not contiguous
+    right = kernels.shift_right(rows, 7)
+    left = kernels.shift_left(rows, 7)
+    assert right.dtype == left.dtype == rows.dtype
+    expected_right = np.concatenate([np.full((3, 1), 7, dtype), rows[:, :-1]], axis=1)[:, :length]
+    expected_left = np.concatenate([rows[:, 1:], np.full((3, 1), 7, dtype)], axis=1)[:, -length:] if length else rows
+    np.testing.assert_array_equal(right, expected_right)
+    np.testing.assert_array_equal(left, expected_left)
+
+
+def test_shift_fill_must_fit_the_dtype(backend):
+    with pytest.raises(ValueError, match="fill"):
+        kernels.shift_right(np.zeros((1, 3), dtype=np.int32), 2**40)
+    with pytest.raises(ValueError, match="fill"):
+        kernels.shift_left(np.zeros((1, 3), dtype=np.int32), 0.5)
+    with pytest.raises(ValueError, match="rows"):
+        kernels.shift_left(np.zeros(3, dtype=np.int32), 0)
