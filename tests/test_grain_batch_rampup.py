@@ -161,6 +161,15 @@ def test_examples_consumed_worked_example():
     assert examples_consumed(schedule, 10**12) == 32 + (10**12 - 5) * 2
 
 
+def test_the_worked_schedule_of_docs_rampup_rst():
+    schedule = stepwise_rampup_schedule(128, {"1000": 2, "3000": 3.3, 6000: 8}, multiple_of=64)
+    assert schedule.first_steps == (0, 1000, 3000, 6000)
+    assert schedule.sizes == (128, 256, 384, 1024)  # int(128 * 3.3) = 422 -> 384
+    assert [examples_consumed(schedule, s) for s in schedule.first_steps] == [0, 128_000, 640_000, 1_792_000]
+    assert step_for_examples(schedule, 2_000_000) == 6204
+    assert examples_consumed(schedule, 6203) == 1_999_872
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     batch_size=st.integers(1, 16),
