@@ -302,7 +302,7 @@ class LLMIndexedBatch(LLMBatch):
     """
 
     document_idx: jax.Array
-    """Document index of each row (0: a padding row), int32 [batch]."""
+    """Document index of each row, int32 [batch]; 0 marks a padding row."""
     sequence_idx: jax.Array
     """Index of each row's piece within its document, int32 [batch]."""
 
