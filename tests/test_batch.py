@@ -169,9 +169,10 @@ def test_indexed_from_inputs():
     np.testing.assert_array_equal(batch.document_idx, [1, 0])
 
 
-def test_from_inputs_needs_a_length_axis():
-    with pytest.raises(ValueError, match="inputs"):
-        LLMBatch.from_inputs(np.array([1, 2, 3]))
+@pytest.mark.parametrize("inputs, got", [(np.array([1, 2, 3]), r"shape \(3,\)"), ([[1, 2]], "list")])
+def test_from_inputs_needs_a_length_axis(inputs, got):
+    with pytest.raises(ValueError, match=f"inputs: expected .* got {got}"):
+        LLMBatch.from_inputs(inputs)
 
 
 # --- NumPy stays NumPy ------------------------------------------------------------------

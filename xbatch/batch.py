@@ -149,7 +149,8 @@ def _default_llm_fields(inputs: Any, targets: Any | None) -> dict[str, Any]:
     """Fields of an unpacked batch: one document per row, positions 0..L-1."""
     shape = _shape(inputs)
     if shape is None or len(shape) < 2:
-        raise ValueError(f"inputs: expected an array of shape (batch, length, ...), got {inputs!r}")
+        got = f"shape {shape}" if shape is not None else type(inputs).__name__
+        raise ValueError(f"inputs: expected an array of shape (batch, length, ...), got {got}")
     xp = _xp(inputs)
     if targets is None:
         targets = inputs
