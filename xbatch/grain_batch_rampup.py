@@ -49,8 +49,9 @@ def _describe_leaves(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value).__name__ + str([_describe_leaves(item) for item in value])
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _describe_leaves(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return f"{type(value).__name__}({fields})"
+        fields = dataclasses.fields(value)
+        described = {f.name: _describe_leaves(getattr(value, f.name)) for f in fields}
+        return f"{type(value).__name__}({described})"
     array = np.asarray(value)
     return f"{array.dtype}{list(array.shape)}"
 
@@ -243,7 +244,8 @@ def stepwise_rampup_schedule(
             )
         size_from_step[step] = size
     first_steps = sorted(size_from_step)
-    schedule = BatchRampUpSchedule(first_steps, [size_from_step[s] for s in first_steps], multiple_of)
+    sizes = [size_from_step[step] for step in first_steps]
+    schedule = BatchRampUpSchedule(first_steps, sizes, multiple_of)
     LOGGER.info("Batch ramp-up schedule: %r", schedule)
     return schedule
 
@@ -282,7 +284,9 @@ def create_batch_rampup_schedule(
             )
         return constant_rampup_schedule(batch_size, multiple_of=multiple_of)
     if schedule_type == "stepwise":
-        return stepwise_rampup_schedule(batch_size, boundaries_and_scales or {}, multiple_of=multiple_of)
+        return stepwise_rampup_schedule(
+            batch_size, boundaries_and_scales or {}, multiple_of=multiple_of
+        )
     raise ValueError(f"schedule_type={schedule_type!r}; expected one of {SCHEDULE_TYPES}")
 
 
@@ -481,4 +485,6 @@ def batch_dataset_with_rampup(
     )
     if schedule.is_constant:
         return parent.batch(schedule.sizes[0], drop_remainder=drop_remainder, batch_fn=batch_fn)
-    return BatchRampUpIterDataset(parent, schedule, drop_remainder=drop_remainder, batch_fn=batch_fn)
+    return BatchRampUpIterDataset(
+        parent, schedule, drop_remainder=drop_remainder, batch_fn=batch_fn
+    )
