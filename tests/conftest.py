@@ -28,3 +28,14 @@ def backend(request, monkeypatch):
     monkeypatch.setattr(_backend, "impl", module)
     monkeypatch.setattr(_backend, "BACKEND", request.param)
     yield module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def absl_flags_parsed():
+    """grain's multiprocessing reads absl flags, which nothing parses under pytest."""
+    try:
+        from absl import flags
+    except ImportError:
+        return
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

@@ -216,9 +216,10 @@ def test_item_outside_capacity_is_rejected(backend, bad):
     packer = kernels.BinPacker(8, num_bins=2)
     with pytest.raises(ValueError, match="lengths"):
         packer.place_one(bad)
-    with pytest.raises(ValueError, match="item 1"):
-        packer.place(np.array([[1], bad], dtype=np.int64), np.zeros(2, dtype=np.int64))
-    assert packer.num_used_bins == 0, "a rejected call places nothing"
+    assert packer.num_used_bins == 0, "a rejected item is not placed"
+    with pytest.raises(ValueError, match="item 1 .* 1 items before it were placed"):
+        packer.place(np.array([[1], bad, [2]], dtype=np.int64), np.zeros(3, dtype=np.int64))
+    np.testing.assert_array_equal(packer.used, [[1, 0]])
 
 
 def test_place_rejects_wrong_arrays(backend):

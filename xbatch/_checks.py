@@ -21,7 +21,7 @@ def raise_bad_item(lengths: Any, capacities: np.ndarray) -> None:
 
 
 def check_place_args(lengths: Any, out_bins: Any, capacities: np.ndarray) -> None:
-    """Checks ``BinPacker.place`` arguments: shapes, dtypes and every item's lengths."""
+    """Checks ``BinPacker.place`` arguments: shapes and dtypes (O(1): no pass over items)."""
     num_features = len(capacities)
     if not (
         isinstance(lengths, np.ndarray)
@@ -47,9 +47,12 @@ def check_place_args(lengths: Any, out_bins: Any, capacities: np.ndarray) -> Non
             f"{lengths.shape[0]} items, got {type(out_bins).__name__} "
             f"{getattr(out_bins, 'shape', '')} {getattr(out_bins, 'dtype', '')}"
         )
-    bad = np.flatnonzero(np.any((lengths < 0) | (lengths > capacities), axis=1))
-    if bad.size:
-        raise ValueError(
-            f"lengths: item {bad[0]} has lengths {lengths[bad[0]].tolist()}, outside "
-            f"0..capacities {capacities.tolist()} (an item longer than a bin fits no bin)"
-        )
+
+
+def raise_bad_item_at(index: int, lengths: np.ndarray, capacities: np.ndarray) -> None:
+    """Raises the error for item ``index`` of a ``place`` call, outside 0..capacities."""
+    raise ValueError(
+        f"lengths: item {index} has lengths {lengths[index].tolist()}, outside "
+        f"0..capacities {capacities.tolist()} (an item longer than a bin fits no bin); "
+        f"the {index} items before it were placed"
+    )

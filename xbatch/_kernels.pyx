@@ -133,8 +133,23 @@ cdef class BinPacker:
                 return False
         return True
 
+    cdef int64_t _first_fit_one_feature(self) noexcept nogil:
+        """Leftmost bin with room: one walk from the root, no backtracking."""
+        cdef int64_t node = 1, length = self._item[0]
+        if self._tree[0, 1] < length:
+            return NO_BIN
+        while node < self._num_leaves:
+            node *= 2
+            if self._tree[0, node] < length:
+                node += 1
+        return node - self._num_leaves
+
     cdef int64_t _first_fit(self) noexcept nogil:
-        """Leftmost bin where every feature fits: depth-first, left child first."""
+        """Leftmost bin where every feature fits: depth-first, left child first.
+
+        A node's per-feature maxima may come from different bins, so a node that
+        passes can still hold no fitting bin; the search then backtracks.
+        """
         cdef int64_t stack[STACK_SIZE]
         cdef int64_t top = 1, node
         stack[0] = 1
@@ -211,13 +226,16 @@ cdef class BinPacker:
             self._tree[f, node] = free
             node //= 2
             while node >= 1:
-                self._tree[f, node] = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
+                free = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
+                if self._tree[f, node] == free:
+                    break  # the maxima above do not change either
+                self._tree[f, node] = free
                 node //= 2
 
     cdef int64_t _place_item(self) noexcept nogil:
         cdef int64_t b
         if not self.best_fit:
-            b = self._first_fit()
+            b = self._first_fit_one_feature() if self.num_features == 1 else self._first_fit()
         elif self.num_features == 1:
             b = self._best_fit_one_feature()
         else:
@@ -252,20 +270,30 @@ cdef class BinPacker:
 
         Returns:
           How many items were placed (a prefix of ``lengths``).
+
+        Raises:
+          ValueError: at the first item with a length outside ``0..capacity`` (an item
+            no empty bin takes), after placing the items before it -- as grain does.
         """
         _checks.check_place_args(lengths, out_bins, self.capacities)
         cdef const int64_t[:, ::1] items = lengths
         cdef int64_t[::1] bins = out_bins
-        cdef int64_t i, f, b, n = items.shape[0], placed = n
+        cdef int64_t i, f, b, n = items.shape[0], placed = n, bad = -1
         with nogil:
             for i in range(n):
                 for f in range(self.num_features):
                     self._item[f] = items[i, f]
+                    if items[i, f] < 0 or items[i, f] > self._capacities[f]:
+                        bad = i
+                if bad >= 0:
+                    break
                 b = self._place_item()
                 if b == NO_BIN:
                     placed = i
                     break
                 bins[i] = b
+        if bad >= 0:
+            _checks.raise_bad_item_at(bad, lengths, self.capacities)
         return placed
 
 

@@ -112,9 +112,15 @@ class BinPacker:
 
         Returns:
           How many items were placed (a prefix of ``lengths``).
+
+        Raises:
+          ValueError: at the first item with a length outside ``0..capacity`` (an item
+            no empty bin takes), after placing the items before it -- as grain does.
         """
         _checks.check_place_args(lengths, out_bins, self.capacities)
         for i in range(lengths.shape[0]):
+            if np.any(lengths[i] < 0) or np.any(lengths[i] > self.capacities):
+                _checks.raise_bad_item_at(i, lengths, self.capacities)
             bin_index = self._find_bin(lengths[i])
             if bin_index == NO_BIN:
                 return i
