@@ -7,6 +7,7 @@ builds with bounds checks on (used by the tests to catch out-of-bounds access).
 
 import os
 import sys
+import tempfile
 import warnings
 
 from setuptools import Extension, setup
@@ -25,6 +26,26 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # compiler missing, broken toolchain, ...
             self._warn(exc)
+
+    def build_extensions(self):
+        # C++ sources go to the C++ compiler, but a user who sets CC to a compiler that
+        # does not work (CC=/bin/false) means "no compiler": check CC first.
+        problem = self._c_compiler_problem()
+        if problem:
+            self._warn(problem)
+            return
+        super().build_extensions()
+
+    def _c_compiler_problem(self):
+        with tempfile.TemporaryDirectory() as folder:
+            source = os.path.join(folder, "probe.c")
+            with open(source, "w") as file:
+                file.write("int xbatch_probe(void) { return 0; }\n")
+            try:
+                self.compiler.compile([source], output_dir=folder)
+            except Exception as exc:
+                return f"the C compiler does not work: {exc}"
+        return None
 
     def build_extension(self, ext):
         try:
