@@ -1,0 +1,316 @@
+"""The LLM packer: a grain dataset from documents to rows in the seed's ``LLMBatch`` layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from .. import kernels
+from .pieces import (
+    LONG_DOCUMENTS,
+    SHIFTS,
+    Pieces,
+    as_lengths,
+    as_tokens,
+    check_choice,
+    check_positive,
+    check_token_id,
+    document_pieces,
+    lay_out_rows,
+    place_until_full,
+)
+from .stats import PackingStats
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    seq_len: int
+    num_packing_bins: int
+    eod_token_id: int
+    pad_token_id: int
+    algorithm: str
+    long_documents: str
+    shift: str
+    shuffle_bins: bool
+    seed: int
+
+
+class LLMPackIterDataset(grain.IterDataset):
+    """Packs documents into rows of ``seq_len`` tokens: the seed's ``LLMBatch`` layout.
+
+    Every document gets ``eod_token_id`` appended; documents are placed in order into
+    ``num_packing_bins`` bins with grain's window rule (first bin with room, or the fullest
+    bin with room for ``algorithm="best_fit"``; when a document fits no bin, all non-empty
+    bins are emitted in bin order and a new window starts with it). The rows are exactly
+    grain's ``FirstFitPackIterDataset``/``BestFitPackIterDataset`` (``length_struct=
+    {"targets": seq_len}``) run on the EOD-terminated pieces, then shifted. Example, docs
+    ``[1,2,3] [4,5] [6,7]``, ``seq_len=8``, ``E`` the EOD, padding 0::
+
+        targets              [1, 2, 3, E, 4, 5, E, 0]
+        inputs               [E, 1, 2, 3, E, 4, 5, E]
+        targets_segmentation [1, 1, 1, 1, 2, 2, 2, 0]   (inputs_segmentation the same)
+        targets_position     [0, 1, 2, 3, 0, 1, 2, 0]   (inputs_position the same)
+
+    and ``[6, 7, E]`` opens the next row.
+
+    Parent elements are either one document (a 1-d integer array or list; token id 0 is
+    a token like any other) or a ragged chunk ``{"tokens": int[total], "lengths":
+    int[documents]}`` of many documents back to back (other keys are ignored). A chunk
+    yields exactly the rows its documents yield one by one, without a Python object per
+    document.
+
+    Each element is a dict of int32 [seq_len] arrays: ``inputs``, ``targets``,
+    ``inputs_position``, ``inputs_segmentation``, ``targets_position``,
+    ``targets_segmentation`` (rows of one window share buffers; copy a row to keep it
+    beyond the window). The iterator's ``stats`` (:class:`PackingStats`) count what the
+    emitted rows hold; they are part of the checkpoint state.
+
+    Args:
+      parent: the documents.
+      seq_len: tokens per row (>= 1).
+      num_packing_bins: bins per window (>= 1); more bins pack tighter but hold documents
+        back longer.
+      eod_token_id: appended to every document.
+      pad_token_id: fills cells no document covers.
+      algorithm: ``"first_fit"`` or ``"best_fit"``.
+      long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
+        into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
+        ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
+      shift: ``"inputs"`` (the layout above) or ``"targets"`` (inputs are the packed tokens,
+        every targets field is shifted left by one, its last column pad/segmentation 0/
+        position 0; see :func:`xbatch.packing.pieces.lay_out_rows`).
+      shuffle_bins: emit each window's rows in a random order (grain's rule: permutation
+        seeded with ``seed`` + rows emitted before the window).
+      seed: the shuffle seed.
+    """
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        *,
+        seq_len: int,
+        num_packing_bins: int,
+        eod_token_id: int,
+        pad_token_id: int = 0,
+        algorithm: str = "first_fit",
+        long_documents: str = "split",
+        shift: str = "inputs",
+        shuffle_bins: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__(parent)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed: expected an integer, got {seed!r}")
+        self._options = _Options(
+            seq_len=check_positive("seq_len", seq_len),
+            num_packing_bins=check_positive("num_packing_bins", num_packing_bins),
+            eod_token_id=check_token_id("eod_token_id", eod_token_id),
+            pad_token_id=check_token_id("pad_token_id", pad_token_id),
+            algorithm=check_choice("algorithm", algorithm, kernels.ALGORITHMS),
+            long_documents=check_choice("long_documents", long_documents, LONG_DOCUMENTS),
+            shift=check_choice("shift", shift, SHIFTS),
+            shuffle_bins=bool(shuffle_bins),
+            seed=int(seed),
+        )
+
+    def __iter__(self) -> _LLMPackDatasetIterator:
+        return _LLMPackDatasetIterator(self._parent.__iter__(), self._options)
+
+    def __str__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in dataclasses.asdict(self._options).items())
+        return f"LLMPackIterDataset({options})"
+
+
+class _Window:
+    """The pieces placed into the open window, in placement order.
+
+    Single short documents are the common streaming case: they are kept as plain Python
+    numbers until the window closes, and turned into arrays in one go.
+    """
+
+    def __init__(self, eod_token_id: int):
+        self._eod = np.array([eod_token_id], dtype=np.int32)
+        self.tokens: list[np.ndarray] = []
+        self._parts: list[tuple[np.ndarray, ...]] = []  # (lengths, bins, starts_document, starts_split, truncated)
+        self._single_lengths: list[int] = []
+        self._single_bins: list[int] = []
+
+    def add_document(self, document: np.ndarray, bin_index: int) -> None:
+        """Adds one document that fits a row whole, placed into ``bin_index``."""
+        self.tokens.append(document)
+        self.tokens.append(self._eod)
+        self._single_lengths.append(document.shape[0] + 1)
+        self._single_bins.append(bin_index)
+
+    def add_pieces(self, pieces: Pieces, start: int, stop: int, bins: np.ndarray) -> None:
+        """Adds ``pieces[start:stop]``, placed into ``bins[start:stop]``."""
+        self._flush_documents()
+        self.tokens.append(pieces.tokens[pieces.offsets[start]:pieces.offsets[stop]])
+        self._parts.append((
+            pieces.lengths[start:stop, 0], bins[start:stop], pieces.starts_document[start:stop],
+            pieces.starts_split_document[start:stop], pieces.truncated[start:stop],
+        ))
+
+    def _flush_documents(self) -> None:
+        if self._single_lengths:
+            count = len(self._single_lengths)
+            self._parts.append((
+                np.array(self._single_lengths, dtype=np.int64), np.array(self._single_bins, dtype=np.int64),
+                np.ones(count, bool), np.zeros(count, bool), np.zeros(count, np.int64),
+            ))
+            self._single_lengths, self._single_bins = [], []
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        """(tokens, lengths, bins, starts_document, starts_split, truncated) of all pieces."""
+        self._flush_documents()
+        return (np.concatenate(self.tokens), *(np.concatenate(column) for column in zip(*self._parts)))
+
+
+class _LLMPackDatasetIterator(grain.DatasetIterator):
+    """Packs one window at a time and emits its rows.
+
+    State: ``parent`` (the parent's state before the element holding the window's first
+    piece), ``piece`` (that piece's index in the element), ``next_row`` and ``counter``
+    (rows emitted from the window and in total) and ``stats``. Restoring replays the
+    window from there and skips the rows already emitted.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, options: _Options):
+        super().__init__(parent)
+        self._options = options
+        self._packer = kernels.BinPacker(options.seq_len, num_bins=options.num_packing_bins,
+                                         algorithm=options.algorithm)
+        self._next_row = 0
+        self._counter = 0
+        self._totals = PackingStats()
+        self._start_window(self._parent.get_state(), 0)
+
+    @property
+    def stats(self) -> PackingStats:
+        """What the rows emitted so far hold (a copy)."""
+        return dataclasses.replace(self._totals)
+
+    def _start_window(self, parent_state: Any, piece: int) -> None:
+        """Forgets everything packed; the next window starts at ``piece`` of the next element."""
+        self._packer.reset()
+        self._window = _Window(self._options.eod_token_id)
+        self._window_start = {"parent": parent_state, "piece": piece}
+        self._element: Pieces | None = None
+        self._element_state = parent_state
+        self._element_bins = np.empty(0, dtype=np.int64)
+        self._cursor = piece  # next piece of self._element to place
+        self._rows: dict[str, np.ndarray] | None = None
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            **self._window_start,
+            "next_row": self._next_row,
+            "counter": self._counter,
+            "stats": dataclasses.asdict(self._totals),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._next_row = state["next_row"]
+        self._counter = state["counter"]
+        self._totals = PackingStats(**state["stats"])
+        self._start_window(state["parent"], state["piece"])
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._rows is None:
+            self._pack_window()
+        row = self._order[self._next_row]
+        element = {name: field[row] for name, field in self._rows.items()}
+        totals, row_stats = self._totals, self._row_stats[row]
+        totals.rows += 1
+        totals.capacity += self._options.seq_len
+        totals.tokens += row_stats[0]
+        totals.pieces += row_stats[1]
+        totals.documents += row_stats[2]
+        totals.documents_split += row_stats[3]
+        totals.tokens_truncated += row_stats[4]
+        self._next_row += 1
+        self._counter += 1
+        if self._next_row == self._num_rows:
+            self._next_row = 0
+            self._rows = None
+            self._window_start = self._next_window_start
+        return element
+
+    def _pack_window(self) -> None:
+        """Places pieces until the window is full or the parent ends; lays out its rows."""
+        # A restored window resumes at piece self._cursor of the first element it reads.
+        skip = self._cursor if self._element is None and self._cursor else None
+        while True:
+            if self._element is not None and self._cursor < len(self._element):
+                stop, full = place_until_full(self._packer, self._element.lengths, self._element_bins, self._cursor)
+                self._window.add_pieces(self._element, self._cursor, stop, self._element_bins)
+                self._cursor = stop
+                if full:
+                    return self._close_window(self._element_state, stop)
+                continue
+            state = self._parent.get_state()
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                if self._packer.num_used_bins == 0:
+                    raise
+                return self._close_window(state, 0)
+            self._element_state = state
+            if skip is None and not isinstance(element, Mapping):
+                document = as_tokens("document", element)
+                if document.shape[0] < self._options.seq_len:  # fits a row whole, with its EOD
+                    bin_index = self._packer.place_one(document.shape[0] + 1)
+                    if bin_index >= 0:
+                        self._window.add_document(document, bin_index)
+                        self._element = None
+                        continue
+                element = document
+            self._element = self._pieces_of(element)
+            self._element_bins = np.empty(len(self._element), dtype=np.int64)
+            self._cursor, skip = skip or 0, None
+
+    def _pieces_of(self, element: Any) -> Pieces:
+        options = self._options
+        if isinstance(element, Mapping):
+            if "tokens" not in element or "lengths" not in element:
+                raise ValueError(
+                    f"parent element: a ragged chunk needs the keys 'tokens' and 'lengths', got keys {sorted(element)}"
+                )
+            tokens = as_tokens("tokens", element["tokens"])
+            lengths = as_lengths(element["lengths"], tokens.shape[0])
+            source = "the ragged chunk"
+        else:
+            tokens = as_tokens("document", element)
+            lengths = np.array([tokens.shape[0]], dtype=np.int64)
+            source = "the parent element (a single document)"
+        return document_pieces(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
+                               long_documents=options.long_documents, source=source)
+
+    def _close_window(self, next_parent_state: Any, next_piece: int) -> None:
+        """Lays out the window's rows; the next window starts at ``next_piece`` of the
+        element read from ``next_parent_state``."""
+        options = self._options
+        tokens, lengths, bins, starts_document, starts_split, truncated = self._window.columns()
+        num_rows = self._packer.num_used_bins
+        self._rows = lay_out_rows(tokens, lengths, bins, num_rows=num_rows, seq_len=options.seq_len,
+                                  eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
+                                  shift=options.shift)
+        # Per row: tokens, pieces, documents, split documents, truncated tokens.
+        columns = (lengths, None, starts_document, starts_split, truncated)
+        self._row_stats = np.stack(
+            [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns], axis=1
+        ).astype(np.int64).tolist()
+        self._num_rows = num_rows
+        if options.shuffle_bins:
+            seed = options.seed + self._counter - self._next_row
+            self._order = np.random.default_rng(seed).permuted(range(num_rows)).tolist()
+        else:
+            self._order = range(num_rows)
+        self._next_window_start = {"parent": next_parent_state, "piece": next_piece}
+        self._packer.reset()
+        self._window = _Window(options.eod_token_id)

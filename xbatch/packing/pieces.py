@@ -1,0 +1,237 @@
+"""Documents -> end-of-document-terminated pieces that fit a row, and pieces -> rows.
+
+Every document gets the end-of-document token (EOD) appended. A document of ``d`` tokens
+thus needs ``d + 1`` cells; when that exceeds the row length ``seq_len``:
+
+- ``"split"`` cuts it into consecutive ``seq_len``-token pieces, the last one shorter
+  (only the last piece ends with the EOD); each piece is its own segment.
+- ``"truncate"`` keeps its first ``seq_len`` tokens, exactly the first piece of
+  ``"split"``: the EOD falls among the dropped tokens, so a truncated document shows no
+  end. ``d + 1 - seq_len`` tokens (the EOD included) are counted as truncated.
+- ``"error"`` raises a ``ValueError`` naming the document and its length.
+
+Token id 0 is a token like any other: lengths always come from the caller's arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .. import kernels
+
+LONG_DOCUMENTS = ("split", "truncate", "error")
+SHIFTS = ("inputs", "targets")
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """EOD-terminated pieces of consecutive documents, in document order.
+
+    Attributes:
+      tokens: int32[sum of piece lengths], the pieces' tokens back to back.
+      lengths: int64[pieces, 1], tokens per piece (2-d, as ``BinPacker.place`` takes).
+      offsets: int64[pieces + 1], where each piece starts in ``tokens``.
+      starts_document: bool[pieces], the piece is its document's first.
+      starts_split_document: bool[pieces], the piece is the first of several.
+      truncated: int64[pieces], tokens ``"truncate"`` dropped from the piece's document.
+      num_documents: documents these pieces came from.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray
+    starts_document: np.ndarray
+    starts_split_document: np.ndarray
+    truncated: np.ndarray
+    num_documents: int
+
+    def __len__(self) -> int:
+        return self.lengths.shape[0]
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_token_id(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+        _INT32.min <= value <= _INT32.max
+    ):
+        raise ValueError(f"{name}: expected an integer token id that fits int32, got {value!r}")
+    return int(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def as_tokens(name: str, value: Any) -> np.ndarray:
+    """``value`` as a 1-d int32 token array, or a TypeError/ValueError naming ``name``."""
+    array = np.asarray(value)
+    if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int32)  # an empty list has no integer dtype of its own
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: expected integer token ids, got {_describe(array)}")
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-d array of token ids, got {_describe(array)}")
+    if array.dtype.itemsize >= 4 and array.dtype != np.int32 and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < _INT32.min or high > _INT32.max:
+            raise ValueError(f"{name}: token ids must fit int32, got range [{low}, {high}]")
+    return array.astype(np.int32, copy=False)
+
+
+def as_lengths(value: Any, num_tokens: int) -> np.ndarray:
+    """Document lengths as int64[n] >= 0 summing to ``num_tokens``, or a clear error."""
+    array = np.asarray(value)
+    if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int64)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"lengths: expected integer document lengths, got {_describe(array)}")
+    if array.ndim != 1:
+        raise ValueError(f"lengths: expected a 1-d array of document lengths, got {_describe(array)}")
+    array = array.astype(np.int64, copy=False)
+    if array.size and array.min() < 0:
+        first = int(np.flatnonzero(array < 0)[0])
+        raise ValueError(f"lengths: expected lengths >= 0, got {array[first]} for document {first}")
+    if int(array.sum()) != num_tokens:
+        raise ValueError(
+            f"lengths: expected lengths summing to the {num_tokens} tokens given, got a sum of {int(array.sum())}"
+        )
+    return array
+
+
+def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int,
+                    long_documents: str, source: str = "lengths") -> Pieces:
+    """Cuts documents given back to back into EOD-terminated pieces of at most ``seq_len``.
+
+    Args:
+      tokens: int32[sum(lengths)], the documents' tokens back to back (see :func:`as_tokens`).
+      lengths: int64[documents] >= 0, tokens per document (see :func:`as_lengths`).
+      seq_len: cells per row (>= 1).
+      eod_token_id: appended to every document.
+      long_documents: ``"split"``, ``"truncate"`` or ``"error"`` (see the module docstring).
+      source: names where the documents come from in the ``"error"`` message.
+
+    Returns:
+      The pieces, in document order; vectorized over documents (no Python loop per document).
+    """
+    cells = lengths + 1  # each document plus its EOD
+    stream = np.insert(tokens, np.cumsum(lengths), np.int32(eod_token_id))
+    num_documents = lengths.shape[0]
+    too_long = cells > seq_len
+    if not too_long.any():
+        return _pieces(stream, cells, np.ones(num_documents, bool), np.zeros(num_documents, bool),
+                       np.zeros(num_documents, np.int64), num_documents)
+    if long_documents == "error":
+        first = int(np.flatnonzero(too_long)[0])
+        raise ValueError(
+            f"long_documents='error': document {first} of {source} has {lengths[first]} tokens, which with its "
+            f"EOD exceed seq_len={seq_len}; use long_documents='split' or 'truncate'"
+        )
+    if long_documents == "truncate":
+        kept = np.minimum(cells, seq_len)
+        # Drop each long document's cells [seq_len, d + 1): -1 where a dropped run starts,
+        # +1 where it ends; runs never touch, so the running sum is 0 exactly on kept cells.
+        document_starts = np.cumsum(cells) - cells
+        edges = np.zeros(stream.shape[0] + 1, dtype=np.int8)
+        edges[(document_starts + seq_len)[too_long]] = -1
+        edges[(document_starts + cells)[too_long]] = 1
+        keep = np.cumsum(edges[:-1], dtype=np.int8) == 0
+        return _pieces(stream[keep], kept, np.ones(num_documents, bool), np.zeros(num_documents, bool),
+                       cells - kept, num_documents)
+    per_document = (cells + seq_len - 1) // seq_len
+    first_piece = np.cumsum(per_document) - per_document
+    piece_lengths = np.full(int(per_document.sum()), seq_len, dtype=np.int64)
+    piece_lengths[first_piece + per_document - 1] = cells - (per_document - 1) * seq_len
+    starts_document = np.zeros(piece_lengths.shape[0], bool)
+    starts_document[first_piece] = True
+    starts_split = np.zeros(piece_lengths.shape[0], bool)
+    starts_split[first_piece[per_document > 1]] = True
+    return _pieces(stream, piece_lengths, starts_document, starts_split,
+                   np.zeros(piece_lengths.shape[0], np.int64), num_documents)
+
+
+def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_documents) -> Pieces:
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Pieces(tokens, lengths.reshape(-1, 1), offsets, starts_document, starts_split, truncated,
+                  num_documents)
+
+
+def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, num_rows: int,
+                 seq_len: int, eod_token_id: int, pad_token_id: int, shift: str) -> dict[str, np.ndarray]:
+    """The six LLM fields, int32 [num_rows, seq_len], of placed pieces.
+
+    Pieces are laid out in the given order, each at its row's next free cell. The packed
+    tokens (padding ``pad_token_id``) get 1-based segment ids (0 on padding) and positions
+    restarting at 0 per piece (0 on padding). Then, with ``shift="inputs"``, targets are the
+    packed tokens and inputs the packed tokens shifted right with ``eod_token_id`` first,
+    both sharing segmentations and positions (as copies). With ``shift="targets"``, inputs
+    are the packed tokens with their segmentations and positions, and every targets field
+    is its inputs field shifted left by one: column ``i`` describes packed token ``i + 1``,
+    the target of ``inputs[:, i]``; the last column is ``pad_token_id``, segmentation 0 and
+    position 0 (no target). A piece's last token thus predicts the next piece's first token
+    under the next piece's segment id; keep ``targets_segmentation == inputs_segmentation``
+    to train only on predictions inside a document.
+
+    Args:
+      tokens: int32[sum(lengths)], the pieces' tokens back to back in placement order.
+      lengths: int64[n], tokens per piece.
+      bins: int64[n], each piece's row.
+    """
+    packed = np.full((num_rows, seq_len), pad_token_id, dtype=np.int32)
+    segmentation = np.zeros((num_rows, seq_len), dtype=np.int32)
+    positions = np.zeros((num_rows, seq_len), dtype=np.int32)
+    kernels.scatter_rows(tokens, lengths, bins, packed)
+    kernels.pack_rows(lengths, bins, segmentation, positions)
+    if shift == "inputs":
+        return {
+            "inputs": kernels.shift_right(packed, eod_token_id),
+            "targets": packed,
+            "inputs_position": positions,
+            "inputs_segmentation": segmentation,
+            "targets_position": positions.copy(),
+            "targets_segmentation": segmentation.copy(),
+        }
+    return {
+        "inputs": packed,
+        "targets": kernels.shift_left(packed, pad_token_id),
+        "inputs_position": positions,
+        "inputs_segmentation": segmentation,
+        "targets_position": kernels.shift_left(positions, 0),
+        "targets_segmentation": kernels.shift_left(segmentation, 0),
+    }
+
+
+def place_until_full(packer, lengths: np.ndarray, out_bins: np.ndarray, start: int) -> tuple[int, bool]:
+    """Places pieces ``start, start + 1, ...`` until one fits no bin.
+
+    ``BinPacker.place`` checks every item it is given, so pieces go in slices that double
+    in size: a window costs checks in proportion to its own pieces, not to all pieces left.
+
+    Returns:
+      (index of the first piece not placed, whether the window is full: a piece fits no bin).
+    """
+    total, step = lengths.shape[0], 256
+    while start < total:
+        stop = min(total, start + step)
+        start += packer.place(lengths[start:stop], out_bins[start:stop])
+        if start < stop:
+            return start, True
+        step *= 2
+    return total, False
