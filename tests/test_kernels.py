@@ -444,3 +444,20 @@ def test_shift_fill_must_fit_the_dtype(backend):
         kernels.shift_left(np.zeros((1, 3), dtype=np.int32), 0.5)
     with pytest.raises(ValueError, match="rows"):
         kernels.shift_left(np.zeros(3, dtype=np.int32), 0)
+
+
+@pytest.mark.skipif(_backend.compiled_module() is None, reason="compiled extension not built")
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+@pytest.mark.parametrize("num_features", [1, 2])
+def test_backends_agree_with_4096_bins(algorithm, num_features):
+    rng = np.random.default_rng(4096 + num_features)
+    capacities = np.array([256, 192][:num_features])
+    lengths = (rng.random((6000, num_features)) ** 3 * (capacities + 1)).astype(np.int64)
+    results = []
+    for module in (_backend.compiled_module(), _kernels_numpy):
+        packer = module.BinPacker(capacities, np.ones(num_features, np.int64), 4096, 0, algorithm == "best_fit")
+        out = np.full(len(lengths), -1, dtype=np.int64)
+        results.append((packer.place(lengths, out), out, packer.used))
+    assert results[0][0] == results[1][0] > 4096  # several items per bin on average
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][2], results[1][2])
