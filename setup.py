@@ -91,7 +91,7 @@ def _extensions():
 def _cythonize(cythonize, extension, debug):
     return cythonize(
         [extension],
-        force=debug,  # the directives changed, not the source: regenerate anyway
+        force=True,  # directives may differ from the last build (debug switch): regenerate
         compiler_directives={
             "language_level": 3,
             "boundscheck": debug,
