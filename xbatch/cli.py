@@ -1,0 +1,797 @@
+"""The ``xbatch`` command.
+
+``xbatch info``
+    xbatch's version, the active kernel backend, where the compiled kernels were loaded
+    from (or why not), and the numpy / jax / grain versions.
+``xbatch pack [CORPUS]``
+    Packs a tokenized corpus into rows of the :class:`xbatch.batch.LLMBatch` layout and
+    prints a summary; without ``CORPUS`` it packs a built-in synthetic corpus.
+``xbatch bench``
+    xbatch's packers against grain's ``FirstFitPackIterDataset`` on the built-in corpus,
+    printed as a table of ratios.
+
+Bad files and options end with one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import importlib.metadata
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from . import __version__, _backend
+
+# The built-in corpus: a 32,000-token vocabulary with the end-of-document token 1 and
+# padding 0; lognormal lengths like web text after tokenization: log-mean 5.9 gives a
+# median of ~365 tokens, a mean of ~600 and ~4 % of documents longer than a 2,048-token
+# row. The benchmark adds short documents (log-mean 4.0: mean ~90 tokens), where the
+# per-document cost dominates.
+SYNTHETIC_VOCAB_SIZE = 32_000
+SYNTHETIC_EOD = 1
+SYNTHETIC_LOG_SIGMA = 1.0
+LONG_LOG_MEAN = 5.9
+SHORT_LOG_MEAN = 4.0
+# Documents per ragged chunk handed to the streaming packer (one progress-bar step).
+CHUNK_DOCUMENTS = 4_096
+ALGORITHMS = ("first_fit", "best_fit", "first_fit_decreasing", "best_fit_decreasing")
+LONG_DOCUMENTS = ("split", "truncate", "error")
+SHIFTS = ("inputs", "targets")
+# Input formats by file suffix.
+NPZ_SUFFIXES = (".npz",)
+NPY_SUFFIXES = (".npy",)
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ROW_FIELDS = (
+    "targets", "inputs", "targets_segmentation", "inputs_segmentation",
+    "targets_position", "inputs_position",
+)
+
+
+class CommandError(Exception):
+    """A problem with the user's files or options: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line and exits with status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- corpora --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """Tokenized documents back to back.
+
+    Attributes:
+      tokens: int[sum(lengths)], every document's token ids, one after the other.
+      lengths: int64[documents], tokens per document.
+      name: where the documents came from, for messages.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    name: str
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LONG_LOG_MEAN) -> Corpus:
+    """A deterministic corpus of ``num_documents`` documents with lognormal lengths
+    (tokens; ``log_mean`` and ``SYNTHETIC_LOG_SIGMA`` of the underlying normal).
+
+    Token ids are uniform in ``[2, SYNTHETIC_VOCAB_SIZE)``, so neither the padding id 0
+    nor the end-of-document id 1 occurs inside a document. Same seed, same corpus.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(log_mean, SYNTHETIC_LOG_SIGMA, size=num_documents)
+    lengths = np.maximum(lengths, 1).astype(np.int64)
+    tokens = rng.integers(2, SYNTHETIC_VOCAB_SIZE, size=int(lengths.sum()), dtype=np.int32)
+    mean = f"mean {lengths.mean():.0f} tokens" if num_documents else "empty"
+    return Corpus(tokens, lengths, f"built-in synthetic corpus (seed {seed}, {mean})")
+
+
+def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
+    """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly."""
+    for what, array in (("tokens", tokens), ("lengths", lengths)):
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise CommandError(
+                f"{name}: {what!r} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}"
+            )
+    lengths = lengths.astype(np.int64, copy=False)
+    if lengths.size and lengths.min() < 0:
+        raise CommandError(f"{name}: 'lengths' must be >= 0, got {lengths.min()}")
+    if int(lengths.sum()) != tokens.shape[0]:
+        raise CommandError(
+            f"{name}: 'lengths' sum to {int(lengths.sum())} tokens but 'tokens' holds {tokens.shape[0]}"
+        )
+    return Corpus(tokens, lengths, name)
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CommandError(f"{path}: cannot read the {what} as a .npy array ({exc})") from None
+
+
+def read_npz(path: Path) -> Corpus:
+    """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("tokens", "lengths") if key not in archive.files]
+            if missing:
+                raise CommandError(
+                    f"{path}: expected arrays 'tokens' and 'lengths', found {sorted(archive.files)}"
+                )
+            tokens, lengths = archive["tokens"], archive["lengths"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise CommandError(f"{path}: cannot read it as an .npz archive ({exc})") from None
+    return _checked_corpus(tokens, lengths, str(path))
+
+
+def read_npy(path: Path, lengths_path: Path | None) -> Corpus:
+    """A ``.npy`` of tokens (1-d) with the per-document lengths in a second ``.npy``."""
+    if lengths_path is None:
+        raise CommandError(
+            f"{path}: a .npy file holds only the tokens; give the document lengths with "
+            "--lengths LENGTHS.npy, or pack an .npz with arrays 'tokens' and 'lengths'"
+        )
+    return _checked_corpus(_load_npy(path, "tokens"), _load_npy(lengths_path, "lengths"), str(path))
+
+
+def _token_list(value: Any, field: str | None, where: str) -> list:
+    if isinstance(value, dict):
+        if field is None:
+            raise CommandError(
+                f"{where}: a JSON object; name its token-list field with --field (keys: {sorted(value)[:8]})"
+            )
+        if field not in value:
+            raise CommandError(f"{where}: no field {field!r} (keys: {sorted(value)[:8]})")
+        value = value[field]
+    if not isinstance(value, list) or not all(
+        isinstance(token, int) and not isinstance(token, bool) for token in value
+    ):
+        raise CommandError(f"{where}: expected a list of integer token ids, got {str(value)[:60]}")
+    return value
+
+
+def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+    """JSON lines: one document per line, a list of token ids or an object with ``field``.
+
+    Blank lines are skipped; ``.gz`` files are decompressed on the fly.
+    """
+    token_chunks, lengths = [], []
+    pending: list[int] = []
+    try:
+        with open(path, "rb") as raw, progress(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc="reading"
+        ) as bar:
+            lines = gzip.open(raw) if path.suffix == ".gz" else raw
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    value = json.loads(line)
+                except ValueError as exc:
+                    raise CommandError(f"{where}: not valid JSON ({exc})") from None
+                document = _token_list(value, field, where)
+                pending.extend(document)
+                lengths.append(len(document))
+                if len(pending) >= 1 << 20:  # bound the Python ints held at once
+                    token_chunks.append(np.array(pending, dtype=np.int64))
+                    pending = []
+                    bar.update(raw.tell() - bar.n)
+    except (OSError, EOFError) as exc:
+        raise CommandError(f"{path}: cannot read it ({exc})") from None
+    token_chunks.append(np.array(pending, dtype=np.int64))
+    tokens = np.concatenate(token_chunks)
+    return _checked_corpus(_fit_int32(tokens, path), np.array(lengths, dtype=np.int64), str(path))
+
+
+def _fit_int32(tokens: np.ndarray, path: Path) -> np.ndarray:
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
+        raise CommandError(f"{path}: token ids must be in [0, 2**31), got [{tokens.min()}, {tokens.max()}]")
+    return tokens.astype(np.int32)
+
+
+def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+    """A Parquet column of integer lists (one document per row), read with pyarrow.
+
+    ``field`` names the column; by default the file's only list-of-integers column.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CommandError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CommandError(f"{path}: cannot read it as Parquet ({exc})") from None
+    schema = file.schema_arrow
+
+    def is_token_list(data_type) -> bool:
+        return (pa.types.is_list(data_type) or pa.types.is_large_list(data_type)) and pa.types.is_integer(
+            data_type.value_type
+        )
+
+    candidates = [column.name for column in schema if is_token_list(column.type)]
+    if field is None:
+        if len(candidates) != 1:
+            raise CommandError(
+                f"{path}: name the token-list column with --field "
+                f"(list-of-integer columns: {candidates}, all columns: {schema.names})"
+            )
+        field = candidates[0]
+    elif field not in schema.names:
+        raise CommandError(f"{path}: no column {field!r} (columns: {schema.names})")
+    elif field not in candidates:
+        raise CommandError(
+            f"{path}: column {field!r} is {schema.field(field).type}, expected a list of integers"
+        )
+    token_chunks, length_chunks = [], []
+    try:
+        with progress(total=file.metadata.num_rows, unit="doc", unit_scale=True, desc="reading") as bar:
+            for batch in file.iter_batches(columns=[field], batch_size=65_536):
+                column = batch.column(0)
+                if column.null_count:
+                    raise CommandError(f"{path}: column {field!r} has {column.null_count} null rows")
+                length_chunks.append(pc.list_value_length(column).to_numpy().astype(np.int64))
+                token_chunks.append(column.flatten().to_numpy())
+                bar.update(len(column))
+    except (OSError, pa.ArrowException) as exc:
+        raise CommandError(f"{path}: cannot read column {field!r} ({exc})") from None
+    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
+    lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+    return _checked_corpus(_fit_int32(tokens, path), lengths, str(path))
+
+
+def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
+                progress: Callable[..., Any]) -> Corpus:
+    """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(NPZ_SUFFIXES):
+        return read_npz(path)
+    if name.endswith(NPY_SUFFIXES):
+        return read_npy(path, lengths_path)
+    if name.endswith(JSONL_SUFFIXES):
+        return read_jsonl(path, field, progress)
+    if name.endswith(PARQUET_SUFFIXES):
+        return read_parquet(path, field, progress)
+    suffixes = NPZ_SUFFIXES + NPY_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+    raise CommandError(f"{path}: unknown corpus format; expected a file ending in one of {suffixes}")
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class _NoBar:
+    """Stands in for a tqdm bar where tqdm is not installed."""
+
+    n = 0
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+    def update(self, _: int = 1) -> None:
+        pass
+
+
+def _progress_factory(enabled: bool) -> Callable[..., Any]:
+    """tqdm on stderr (it hides itself when stderr is not a terminal), or no bar."""
+    if not enabled:
+        return _NoBar
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional (the "cli" extra)
+        return _NoBar
+    return lambda **kwargs: tqdm(disable=None, leave=False, file=sys.stderr, **kwargs)
+
+
+# --- xbatch pack ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PackOptions:
+    """The packer arguments ``xbatch pack`` passes on (see :func:`xbatch.packing.pack_documents`)."""
+
+    seq_len: int
+    num_packing_bins: int | None
+    eod_token_id: int
+    pad_token_id: int
+    algorithm: str
+    long_documents: str
+    shift: str
+
+    @property
+    def streams(self) -> bool:
+        """Whether the streaming packer can do it (online placement within windows)."""
+        return self.num_packing_bins is not None and not self.algorithm.endswith("_decreasing")
+
+
+def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., Any]):
+    """Packs ``corpus``; returns (fields: dict of int32 [rows, seq_len], PackingStats).
+
+    Online algorithms with a bin count run the streaming :class:`LLMPackIterDataset` on
+    ragged chunks of ``CHUNK_DOCUMENTS`` documents (what a training pipeline sees, with a
+    progress bar); whole-corpus and decreasing algorithms need every document at once
+    and run :func:`pack_documents`. Both give the same rows for the same arguments.
+    """
+    from .packing import pack_documents
+
+    arguments = dataclasses.asdict(options)
+    if not options.streams:
+        batch, stats = pack_documents(corpus.tokens, corpus.lengths, **arguments, return_stats=True)
+        return {name: getattr(batch, name) for name in ROW_FIELDS}, stats
+    import grain
+
+    from .packing import LLMPackIterDataset
+
+    offsets = np.concatenate([[0], np.cumsum(corpus.lengths)])
+    chunks = [
+        {
+            "tokens": corpus.tokens[offsets[start]:offsets[min(start + CHUNK_DOCUMENTS, corpus.num_documents)]],
+            "lengths": corpus.lengths[start:start + CHUNK_DOCUMENTS],
+        }
+        for start in range(0, corpus.num_documents, CHUNK_DOCUMENTS)
+    ]
+    parent = grain.MapDataset.source(chunks).to_iter_dataset(_in_process_read_options())
+    iterator = iter(LLMPackIterDataset(parent, **arguments))
+    # Rows are written straight into arrays sized for the most rows possible (one per
+    # piece); pages never written are never touched, so the excess costs no memory.
+    max_rows = int((-(-(corpus.lengths + 1) // options.seq_len)).sum())
+    fields = {name: np.empty((max_rows, options.seq_len), np.int32) for name in ROW_FIELDS}
+    num_rows = 0
+    with progress(total=corpus.num_documents, unit="doc", unit_scale=True, desc="packing") as bar:
+        for row in iterator:
+            for name in ROW_FIELDS:
+                fields[name][num_rows] = row[name]
+            num_rows += 1
+            if num_rows % 256 == 0:
+                bar.update(iterator.stats.documents - bar.n)
+    return {name: field[:num_rows] for name, field in fields.items()}, iterator.stats
+
+
+def _in_process_read_options():
+    import grain
+
+    # grain's default prefetch thread adds ~160 us per element and would dominate.
+    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, width: int = 16) -> str:
+    """One packed row as the seed's table: ``width`` columns around its first document border.
+
+    ``E`` stands for the end-of-document token in ``targets`` and ``inputs``.
+    """
+    from .kernels import document_borders
+
+    seq_len = fields["targets"].shape[1]
+    borders = document_borders(fields["inputs_segmentation"][row:row + 1])[0].astype(np.int32)
+    later = np.flatnonzero(borders[1:]) + 1
+    start = 0 if later.size == 0 else int(max(0, min(later[0] - width // 2, seq_len - width)))
+    stop = min(start + width, seq_len)
+    table = {name: fields[name][row, start:stop] for name in ROW_FIELDS}
+    table["doc borders"] = borders[start:stop]
+
+    def cell(name: str, value: int) -> str:
+        return "E" if name in ("targets", "inputs") and value == eod_token_id else str(int(value))
+
+    cells = {name: [cell(name, value) for value in values] for name, values in table.items()}
+    column_width = max(len(text) for texts in cells.values() for text in texts)
+    label_width = max(len(name) for name in cells)
+    lines = [f"row {row}, columns {start}..{stop - 1} of {seq_len} (E = end of document, id {eod_token_id}):"]
+    for name, texts in cells.items():
+        lines.append(f"  {name:<{label_width}}  [" + ", ".join(f"{t:>{column_width}}" for t in texts) + "]")
+    return "\n".join(lines)
+
+
+def _rate(count: float, seconds: float) -> str:
+    """``count / seconds`` as 1.23 M/s style text."""
+    if seconds <= 0:
+        return "-"
+    value = count / seconds
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}/s"
+    return f"{value:.0f} /s"
+
+
+def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, output: Path | None) -> str:
+    """The summary ``xbatch pack`` prints after packing."""
+    bins = "the whole corpus" if options.num_packing_bins is None else f"{options.num_packing_bins} bins"
+    lines = [
+        f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from the {corpus.name}",
+        f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins})",
+        f"  fill ratio          {stats.fill_ratio:.2%} (document and EOD tokens / row capacity)",
+        f"  documents split     {stats.documents_split:,} (long_documents={options.long_documents})",
+        f"  tokens truncated    {stats.tokens_truncated:,}",
+        f"  speed               {_rate(corpus.num_documents, seconds).replace('/s', ' documents/s')}, "
+        f"{_rate(corpus.num_tokens, seconds).replace('/s', ' tokens/s')} ({seconds:.3f} s packing)",
+        f"  backend             {_backend.BACKEND}",
+    ]
+    if output is not None:
+        lines.append(f"  written to          {output}")
+    return "\n".join(lines)
+
+
+def _check_output(path: Path | None) -> None:
+    """Fails before the work, not after it, on an output that cannot be written."""
+    if path is None:
+        return
+    if path.suffix != ".npz":
+        raise CommandError(f"--output: expected a file name ending in .npz, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise CommandError(f"--output: the directory {str(path.parent)!r} does not exist")
+
+
+def command_pack(args: argparse.Namespace, out) -> None:
+    output = Path(args.output) if args.output else None
+    _check_output(output)
+    progress = _progress_factory(not args.no_progress)
+    if args.corpus is None:
+        if args.num_documents < 1:
+            raise CommandError(f"--num-documents: expected an integer >= 1, got {args.num_documents}")
+        corpus = synthetic_corpus(args.num_documents, seed=args.seed)
+        eod = SYNTHETIC_EOD if args.eod is None else args.eod
+    else:
+        if args.eod is None:
+            raise CommandError("--eod: required with a corpus file (your tokenizer's end-of-document id)")
+        lengths_path = Path(args.lengths) if args.lengths else None
+        corpus = read_corpus(Path(args.corpus), field=args.field, lengths_path=lengths_path, progress=progress)
+        eod = args.eod
+    options = PackOptions(
+        seq_len=args.seq_len,
+        num_packing_bins=args.bins,
+        eod_token_id=eod,
+        pad_token_id=args.pad,
+        algorithm=args.algorithm,
+        long_documents=args.long_documents,
+        shift=args.shift,
+    )
+    if options.algorithm.endswith("_decreasing") and options.num_packing_bins is not None:
+        raise CommandError(
+            f"--algorithm {options.algorithm} sorts the whole corpus; use it with --bins all"
+        )
+    import xbatch.packing  # noqa: F401 - imported here so that its import time is not timed
+
+    start = time.perf_counter()
+    fields, stats = pack_corpus(corpus, options, progress)
+    seconds = time.perf_counter() - start
+    if output is not None:
+        try:
+            np.savez(output, **fields)
+        except OSError as exc:
+            raise CommandError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
+    print(summarize(corpus, options, stats, seconds, output), file=out)
+    if stats.rows:
+        print(render_row(fields, 0, eod_token_id=eod), file=out)
+
+
+# --- xbatch bench ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One benchmark case: packer self times in seconds for the same documents.
+
+    Self time is the pipeline's time minus the time of iterating its parent alone, so
+    that both sides are charged for packing only.
+    """
+
+    case: str
+    documents: int
+    grain_seconds: float
+    xbatch_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        return self.grain_seconds / self.xbatch_seconds
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _drain(dataset) -> None:
+    for _ in dataset:
+        pass
+
+
+def _eod_pieces(corpus: Corpus, seq_len: int, eod: int) -> list[np.ndarray]:
+    """Each document with the EOD appended, split into ``seq_len``-token pieces: what a
+    grain pipeline must feed grain's packer to get xbatch's ``long_documents="split"``."""
+    pieces = []
+    for document in np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1]):
+        with_eod = np.append(document, np.int32(eod))
+        pieces.extend(with_eod[start:start + seq_len] for start in range(0, with_eod.shape[0], seq_len))
+    return pieces
+
+
+def _grain_llm_row(eod: int) -> Callable[[dict], dict]:
+    """The rename-and-shift map users chain after grain's packer to get the LLM layout."""
+
+    def to_llm_row(row: dict) -> dict:
+        targets = row["targets"]
+        inputs = np.concatenate([np.array([eod], targets.dtype), targets[:-1]])
+        return {
+            "inputs": inputs,
+            "targets": targets,
+            "inputs_position": row["targets_positions"],
+            "inputs_segmentation": row["targets_segment_ids"],
+            "targets_position": row["targets_positions"],
+            "targets_segmentation": row["targets_segment_ids"],
+        }
+
+    return to_llm_row
+
+
+def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 64,
+                       repeats: int = 3) -> list[Comparison]:
+    """Times xbatch's packers (on the active backend) against grain's on ``corpus``.
+
+    Cases: the drop-in ``FirstFitPackIterDataset`` on ``inputs`` + ``targets`` (documents
+    truncated to a row, as grain requires); and the LLM layout from documents one per
+    element, from ragged chunks of 1,000 documents, and in bulk, each against grain's
+    packer followed by the rename-and-shift map. grain gets its EOD-terminated pieces
+    precomputed, outside the timing.
+    """
+    import grain
+
+    from . import packing
+
+    eod = SYNTHETIC_EOD
+    options = _in_process_read_options()
+
+    def source(items: Sequence[Any]):
+        return grain.MapDataset.source(items).to_iter_dataset(options)
+
+    def self_seconds(pipeline: Callable[[], Any], items: Sequence[Any]) -> float:
+        parent = _median_seconds(lambda: _drain(source(items)), repeats)
+        return max(_median_seconds(pipeline, repeats) - parent, 1e-9)
+
+    documents = np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1])
+    n = corpus.num_documents
+    pairs = [{"inputs": d[:seq_len], "targets": d[:seq_len]} for d in documents]
+    length_struct = {"inputs": seq_len, "targets": seq_len}
+    results = [
+        Comparison(
+            "drop-in FirstFitPackIterDataset, 2 features",
+            n,
+            self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
+                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
+            self_seconds(lambda: _drain(packing.FirstFitPackIterDataset(
+                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
+        )
+    ]
+    pieces = [{"targets": piece} for piece in _eod_pieces(corpus, seq_len, eod)]
+    grain_llm = self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
+        source(pieces), length_struct={"targets": seq_len}, num_packing_bins=num_bins, shuffle_bins=False,
+    ).map(_grain_llm_row(eod))), pieces)
+    llm_options = {"seq_len": seq_len, "num_packing_bins": num_bins, "eod_token_id": eod}
+    offsets = np.concatenate([[0], np.cumsum(corpus.lengths)])
+    chunks = [
+        {"tokens": corpus.tokens[offsets[i]:offsets[min(i + 1000, n)]], "lengths": corpus.lengths[i:i + 1000]}
+        for i in range(0, n, 1000)
+    ]
+    results += [
+        Comparison(
+            "LLM rows, one document per element", n, grain_llm,
+            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(documents), **llm_options)), documents),
+        ),
+        Comparison(
+            "LLM rows, ragged chunks of 1,000 documents", n, grain_llm,
+            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(chunks), **llm_options)), chunks),
+        ),
+        Comparison(
+            "LLM rows, bulk pack_documents", n, grain_llm,
+            _median_seconds(lambda: packing.pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
+        ),
+    ]
+    return results
+
+
+def format_comparisons(results: Sequence[Comparison]) -> str:
+    """A table of documents/s for grain and xbatch and the speed-up, one case per line."""
+    width = max(len(result.case) for result in results)
+    lines = [f"{'case':<{width}}  {'grain docs/s':>13}  {'xbatch docs/s':>13}  {'speed-up':>8}"]
+    for result in results:
+        lines.append(
+            f"{result.case:<{width}}  {result.documents / result.grain_seconds:>13,.0f}  "
+            f"{result.documents / result.xbatch_seconds:>13,.0f}  {result.speedup:>7.1f}x"
+        )
+    return "\n".join(lines)
+
+
+def bench_corpora(num_documents: int) -> dict[str, Corpus]:
+    """The benchmark's corpora by label: short (mean ~90 tokens) and long (mean ~600) documents."""
+    return {
+        "short docs": synthetic_corpus(num_documents, log_mean=SHORT_LOG_MEAN),
+        "long docs": synthetic_corpus(num_documents, log_mean=LONG_LOG_MEAN),
+    }
+
+
+def command_bench(args: argparse.Namespace, out) -> None:
+    num_documents = 2_000 if args.quick else args.num_documents
+    repeats = 1 if args.quick else args.repeats
+    print(
+        f"packer self time, {num_documents:,} documents of the built-in corpus, {args.seq_len:,}-token rows, "
+        f"{args.bins} bins, median of {repeats}; xbatch backend: {_backend.BACKEND}",
+        file=out,
+    )
+    results = []
+    for label, corpus in bench_corpora(num_documents).items():
+        mean = corpus.num_tokens / corpus.num_documents
+        for result in compare_with_grain(corpus, seq_len=args.seq_len, num_bins=args.bins, repeats=repeats):
+            results.append(dataclasses.replace(result, case=f"{result.case} ({label}, mean {mean:.0f})"))
+    print(format_comparisons(results), file=out)
+
+
+# --- xbatch info ----------------------------------------------------------------------
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe_installation() -> str:
+    """xbatch's version and backend, where the compiled kernels come from, library versions."""
+    compiled = _backend.compiled_module()
+    if _backend.BACKEND == "cython":
+        extension = compiled.__file__
+    elif compiled is not None:
+        extension = f"built at {compiled.__file__}, not used: {_backend.FALLBACK_REASON}"
+    else:
+        extension = f"not used: {_backend.FALLBACK_REASON}"
+    rows = [
+        ("xbatch", __version__),
+        ("backend", _backend.BACKEND),
+        ("extension", extension),
+        ("python", sys.version.split()[0]),
+        *((name, _version(name)) for name in ("numpy", "jax", "grain", "tqdm", "pyarrow")),
+    ]
+    return "\n".join(f"{name:<10} {value}" for name, value in rows)
+
+
+def command_info(args: argparse.Namespace, out) -> None:
+    print(describe_installation(), file=out)
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _bins(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+def _token_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= np.iinfo(np.int32).max:
+        raise argparse.ArgumentTypeError(f"expected a token id in [0, 2**31), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xbatch", description="Packs tokenized documents into fixed-shape LLM batches.")
+    parser.add_argument("--version", action="version", version=f"xbatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser("info", help="versions, the active backend and where its kernels come from")
+    info.set_defaults(run=command_info)
+
+    pack = commands.add_parser(
+        "pack",
+        help="pack a tokenized corpus (or a built-in synthetic one) into LLMBatch rows",
+        description="Packs documents into rows of --seq-len tokens in the LLMBatch layout and prints a "
+        "summary. CORPUS: an .npz with 1-d arrays 'tokens' and 'lengths' (tokens of all documents back "
+        "to back, tokens per document); a .npy of tokens with --lengths LENGTHS.npy; JSON lines "
+        "(.jsonl, .jsonl.gz), one token list per line or an object with --field; or Parquet (.parquet, "
+        "needs pyarrow), a list-of-integers column named by --field. Without CORPUS: a built-in "
+        "synthetic corpus (32,000-token vocabulary, EOD 1, lognormal lengths).",
+    )
+    pack.add_argument("corpus", nargs="?", help="the tokenized corpus; omit for the built-in one")
+    pack.add_argument("-o", "--output", help="write the packed fields to this .npz")
+    pack.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per row (default 2048)")
+    pack.add_argument("--bins", type=_bins, default=64,
+                      help="packing bins per window, or 'all' for one window over the corpus (default 64)")
+    pack.add_argument("--algorithm", choices=ALGORITHMS, default="first_fit",
+                      help="placement; the *_decreasing ones need --bins all (default first_fit)")
+    pack.add_argument("--eod", type=_token_id, default=None,
+                      help=f"end-of-document token id; required with CORPUS ({SYNTHETIC_EOD} for the built-in one)")
+    pack.add_argument("--pad", type=_token_id, default=0, help="padding token id (default 0)")
+    pack.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="split",
+                      help="documents longer than a row: split, truncate or error (default split)")
+    pack.add_argument("--shift", choices=SHIFTS, default="inputs",
+                      help="shift the inputs right (the LLMBatch layout) or the targets left (default inputs)")
+    pack.add_argument("--field", help="JSONL object key or Parquet column holding the token lists")
+    pack.add_argument("--lengths", help="the .npy of per-document lengths that goes with a .npy of tokens")
+    pack.add_argument("--num-documents", type=int, default=20_000,
+                      help="documents in the built-in corpus (default 20,000)")
+    pack.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus (default 0)")
+    pack.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pack.set_defaults(run=command_pack)
+
+    bench = commands.add_parser("bench", help="xbatch's packers against grain's on the built-in corpus")
+    bench.add_argument("--quick", action="store_true", help="2,000 documents, one repeat: a smoke run")
+    bench.add_argument("--num-documents", type=_positive_int, default=20_000, help="default 20,000")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per case (default 3)")
+    bench.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per row (default 2048)")
+    bench.add_argument("--bins", type=_positive_int, default=64, help="packing bins (default 64)")
+    bench.set_defaults(run=command_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out=None) -> int:
+    """Runs the ``xbatch`` command with ``argv`` (default ``sys.argv[1:]``); the exit status.
+
+    User errors (bad files, options, or arguments the packers reject) print one line on
+    stderr and give 1.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(out or sys.stdout)
+        return 1
+    try:
+        args.run(args, out or sys.stdout)
+    except (CommandError, ValueError, TypeError) as exc:
+        print(f"xbatch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print(f"xbatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
