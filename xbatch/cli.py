@@ -779,7 +779,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     stderr and give 1.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (one line, status 1)
+        return exc.code
     if args.command is None:
         parser.print_help(out or sys.stdout)
         return 1
