@@ -20,10 +20,15 @@ from .pieces import (
     check_positive,
     check_token_id,
     document_pieces,
-    lay_out_rows,
+    llm_fields,
+    pack_pieces,
     place_until_full,
 )
 from .stats import PackingStats
+
+# Rows are copied out of the window buffers this many at a time: few enough to stay in
+# the CPU cache and in reused heap memory, enough to amortize the kernel calls.
+_BLOCK_ROWS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +70,10 @@ class LLMPackIterDataset(grain.IterDataset):
 
     Each element is a dict of int32 [seq_len] arrays: ``inputs``, ``targets``,
     ``inputs_position``, ``inputs_segmentation``, ``targets_position``,
-    ``targets_segmentation`` (rows of one window share buffers; copy a row to keep it
-    beyond the window). The iterator's ``stats`` (:class:`PackingStats`) count what the
-    emitted rows hold; they are part of the checkpoint state.
+    ``targets_segmentation``. The iterator's ``stats`` (:class:`PackingStats`) count what
+    the emitted rows hold; they are part of the checkpoint state. Memory: three
+    ``num_packing_bins x seq_len`` int32 window buffers, reused, plus the tokens of the
+    open window.
 
     Args:
       parent: the documents.
@@ -82,7 +88,7 @@ class LLMPackIterDataset(grain.IterDataset):
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
       shift: ``"inputs"`` (the layout above) or ``"targets"`` (inputs are the packed tokens,
         every targets field is shifted left by one, its last column pad/segmentation 0/
-        position 0; see :func:`xbatch.packing.pieces.lay_out_rows`).
+        position 0; see :func:`xbatch.packing.pieces.llm_fields`).
       shuffle_bins: emit each window's rows in a random order (grain's rule: permutation
         seeded with ``seed`` + rows emitted before the window).
       seed: the shuffle seed.
@@ -177,6 +183,9 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
     piece), ``piece`` (that piece's index in the element), ``next_row`` and ``counter``
     (rows emitted from the window and in total) and ``stats``. Restoring replays the
     window from there and skips the rows already emitted.
+
+    A closed window is packed into reused buffers; its rows are handed out in blocks of
+    up to ``_BLOCK_ROWS`` rows copied from them, so rows a consumer keeps never change.
     """
 
     def __init__(self, parent: grain.DatasetIterator, options: _Options):
@@ -187,6 +196,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._next_row = 0
         self._counter = 0
         self._totals = PackingStats()
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # packed, segmentation, positions
         self._start_window(self._parent.get_state(), 0)
 
     @property
@@ -203,7 +213,8 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._element_state = parent_state
         self._element_bins = np.empty(0, dtype=np.int64)
         self._cursor = piece  # next piece of self._element to place
-        self._rows: dict[str, np.ndarray] | None = None
+        self._num_rows = 0  # rows of the closed window being emitted; 0 while packing
+        self._block: list[dict[str, np.ndarray]] = []  # the next rows to emit, in order
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -221,11 +232,12 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._start_window(state["parent"], state["piece"])
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._rows is None:
+        if not self._num_rows:
             self._pack_window()
-        row = self._order[self._next_row]
-        element = {name: field[row] for name, field in self._rows.items()}
-        totals, row_stats = self._totals, self._row_stats[row]
+        if not self._block:
+            self._block = self._copy_block()
+        element = self._block.pop()
+        totals, row_stats = self._totals, self._row_stats[self._order[self._next_row]]
         totals.rows += 1
         totals.capacity += self._options.seq_len
         totals.tokens += row_stats[0]
@@ -237,9 +249,19 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._counter += 1
         if self._next_row == self._num_rows:
             self._next_row = 0
-            self._rows = None
+            self._num_rows = 0
             self._window_start = self._next_window_start
         return element
+
+    def _copy_block(self) -> list[dict[str, np.ndarray]]:
+        """The next rows to emit, copied out of the window buffers, last row first."""
+        options = self._options
+        rows = self._order[self._next_row:self._next_row + _BLOCK_ROWS]
+        packed, segmentation, positions = (buffer[rows] for buffer in self._buffers)
+        fields = llm_fields(packed, segmentation, positions, eod_token_id=options.eod_token_id,
+                            pad_token_id=options.pad_token_id, shift=options.shift)
+        names, values = list(fields), list(fields.values())
+        return [dict(zip(names, row)) for row in zip(*values)][::-1]
 
     def _pack_window(self) -> None:
         """Places pieces until the window is full or the parent ends; lays out its rows."""
@@ -292,25 +314,31 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                                long_documents=options.long_documents, source=source)
 
     def _close_window(self, next_parent_state: Any, next_piece: int) -> None:
-        """Lays out the window's rows; the next window starts at ``next_piece`` of the
-        element read from ``next_parent_state``."""
+        """Packs the window's rows; the next window starts at ``next_piece`` of the element
+        read from ``next_parent_state``."""
         options = self._options
         tokens, lengths, bins, starts_document, starts_split, truncated = self._window.columns()
         num_rows = self._packer.num_used_bins
-        self._rows = lay_out_rows(tokens, lengths, bins, num_rows=num_rows, seq_len=options.seq_len,
-                                  eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
-                                  shift=options.shift)
+        if self._buffers is None:
+            shape = (options.num_packing_bins, options.seq_len)
+            self._buffers = tuple(np.empty(shape, dtype=np.int32) for _ in range(3))
+        packed, segmentation, positions = (buffer[:num_rows] for buffer in self._buffers)
+        packed.fill(options.pad_token_id)
+        segmentation.fill(0)
+        positions.fill(0)
+        pack_pieces(tokens, lengths, bins, packed, segmentation, positions)
         # Per row: tokens, pieces, documents, split documents, truncated tokens.
         columns = (lengths, None, starts_document, starts_split, truncated)
         self._row_stats = np.stack(
             [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns], axis=1
         ).astype(np.int64).tolist()
-        self._num_rows = num_rows
         if options.shuffle_bins:
             seed = options.seed + self._counter - self._next_row
-            self._order = np.random.default_rng(seed).permuted(range(num_rows)).tolist()
+            self._order = np.random.default_rng(seed).permuted(range(num_rows))
         else:
-            self._order = range(num_rows)
+            self._order = np.arange(num_rows)
+        self._num_rows = num_rows
+        self._block = []
         self._next_window_start = {"parent": next_parent_state, "piece": next_piece}
         self._packer.reset()
         self._window = _Window(options.eod_token_id)

@@ -84,7 +84,7 @@ def as_tokens(name: str, value: Any) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int32)  # an empty list has no integer dtype of its own
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+    if array.dtype.kind not in "iu":  # bools and floats are not token ids
         raise TypeError(f"{name}: expected integer token ids, got {_describe(array)}")
     if array.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array of token ids, got {_describe(array)}")
@@ -100,7 +100,7 @@ def as_lengths(value: Any, num_tokens: int) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int64)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+    if array.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integer document lengths, got {_describe(array)}")
     if array.ndim != 1:
         raise ValueError(f"lengths: expected a 1-d array of document lengths, got {_describe(array)}")
@@ -175,19 +175,7 @@ def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_docum
 
 def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, num_rows: int,
                  seq_len: int, eod_token_id: int, pad_token_id: int, shift: str) -> dict[str, np.ndarray]:
-    """The six LLM fields, int32 [num_rows, seq_len], of placed pieces.
-
-    Pieces are laid out in the given order, each at its row's next free cell. The packed
-    tokens (padding ``pad_token_id``) get 1-based segment ids (0 on padding) and positions
-    restarting at 0 per piece (0 on padding). Then, with ``shift="inputs"``, targets are the
-    packed tokens and inputs the packed tokens shifted right with ``eod_token_id`` first,
-    both sharing segmentations and positions (as copies). With ``shift="targets"``, inputs
-    are the packed tokens with their segmentations and positions, and every targets field
-    is its inputs field shifted left by one: column ``i`` describes packed token ``i + 1``,
-    the target of ``inputs[:, i]``; the last column is ``pad_token_id``, segmentation 0 and
-    position 0 (no target). A piece's last token thus predicts the next piece's first token
-    under the next piece's segment id; keep ``targets_segmentation == inputs_segmentation``
-    to train only on predictions inside a document.
+    """The six LLM fields, int32 [num_rows, seq_len], of placed pieces (see :func:`llm_fields`).
 
     Args:
       tokens: int32[sum(lengths)], the pieces' tokens back to back in placement order.
@@ -197,8 +185,35 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
     packed = np.full((num_rows, seq_len), pad_token_id, dtype=np.int32)
     segmentation = np.zeros((num_rows, seq_len), dtype=np.int32)
     positions = np.zeros((num_rows, seq_len), dtype=np.int32)
+    pack_pieces(tokens, lengths, bins, packed, segmentation, positions)
+    return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
+                      pad_token_id=pad_token_id, shift=shift)
+
+
+def pack_pieces(tokens, lengths, bins, packed, segmentation, positions) -> None:
+    """Writes placed pieces into rows pre-filled with padding (``packed``) and zeros.
+
+    Pieces are laid out in the given order, each at its row's next free cell; they get
+    1-based segment ids and positions restarting at 0 per piece.
+    """
     kernels.scatter_rows(tokens, lengths, bins, packed)
     kernels.pack_rows(lengths, bins, segmentation, positions)
+
+
+def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarray, *, eod_token_id: int,
+               pad_token_id: int, shift: str) -> dict[str, np.ndarray]:
+    """The six LLM fields of packed rows; takes ownership of the three arrays given.
+
+    With ``shift="inputs"``, targets are the packed tokens and inputs the packed tokens
+    shifted right with ``eod_token_id`` first; both share segmentations and positions (as
+    copies). With ``shift="targets"``, inputs are the packed tokens with their
+    segmentations and positions, and every targets field is its inputs field shifted left
+    by one: column ``i`` describes packed token ``i + 1``, the target of ``inputs[:, i]``;
+    the last column is ``pad_token_id``, segmentation 0 and position 0 (no target). A
+    piece's last token thus predicts the next piece's first token under the next piece's
+    segment id; keep ``targets_segmentation == inputs_segmentation`` to train only on
+    predictions inside a document.
+    """
     if shift == "inputs":
         return {
             "inputs": kernels.shift_right(packed, eod_token_id),
