@@ -66,7 +66,7 @@ def pack_documents(
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` for documents whose
         tokens plus EOD exceed ``seq_len`` (see :mod:`xbatch.packing.pieces`).
       shift: ``"inputs"`` (inputs shifted right, the seed's layout) or ``"targets"``
-        (targets shifted left; see :func:`xbatch.packing.pieces.lay_out_rows`).
+        (targets shifted left; see :func:`xbatch.packing.pieces.llm_fields`).
       return_stats: also return the :class:`PackingStats` of this call.
 
     Returns:

@@ -289,7 +289,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                     bin_index = self._packer.place_one(document.shape[0] + 1)
                     if bin_index >= 0:
                         self._window.add_document(document, bin_index)
-                        self._element = None
+                        self._element, self._cursor = None, 0
                         continue
                 element = document
             self._element = self._pieces_of(element)
