@@ -14,6 +14,8 @@ bins are emitted as rows (shuffled if asked) and a new window starts with that e
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,10 +145,62 @@ class _Layout:
         )
 
 
-class _PackedWindow:
-    """One window's rows, built at once from the elements placed into its bins."""
+def _references_when_unused() -> int:
+    """``sys.getrefcount`` of an array held only by a list (differs across Pythons)."""
+    held = [np.empty(0)]
+    return sys.getrefcount(held[0])
 
-    def __init__(self, layout: _Layout, items: list, lengths: list, bins: list, rows: int):
+
+class _BufferPool:
+    """Recycles the arrays of finished windows once no emitted row refers to them.
+
+    Emitted rows are views that keep their window's arrays alive; an array whose only
+    reference is this pool is unused and can be refilled. Refilling costs a memset,
+    while a fresh multi-MiB array costs a page fault per 4 KiB on first touch, several
+    times more. Holds the arrays of at most ``max_windows`` windows.
+    """
+
+    _UNUSED = _references_when_unused()
+
+    def __init__(self, max_windows: int = 3):
+        self._windows: list[list[np.ndarray]] = []
+        self._max_windows = max_windows
+
+    def release(self, arrays: list[np.ndarray]) -> None:
+        """Offers a finished window's arrays for reuse."""
+        self._windows.append(arrays)
+        del self._windows[: -self._max_windows]
+
+    def full(self, shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` holding ``fill`` (cast as ``np.full`` does)."""
+        dtype = np.dtype(dtype)
+        for arrays in self._windows:
+            for i in range(len(arrays)):
+                if (
+                    arrays[i].shape == shape
+                    and arrays[i].dtype == dtype
+                    and sys.getrefcount(arrays[i]) == self._UNUSED
+                ):
+                    array = arrays.pop(i)
+                    np.copyto(array, fill, casting="unsafe")
+                    return array
+        return np.full(shape, fill, dtype)
+
+
+class _PackedWindow:
+    """One window's rows, built at once from the elements placed into its bins.
+
+    Args:
+      items: the window's elements, in placement order.
+      lengths: their lengths, flattened: ``num_features`` per item.
+      bins: each item's bin (row).
+      rows: number of non-empty bins (bins ``0 .. rows-1``).
+      pool: where the window's arrays come from.
+    """
+
+    def __init__(
+        self, layout: _Layout, items: list, lengths: list, bins: list, rows: int, pool: _BufferPool
+    ):
         bins_array = np.array(bins, dtype=np.int64)
         lengths_array = np.array(lengths, dtype=np.int64).reshape(len(items), -1)
         if layout.flat_keys is not None:
@@ -155,8 +209,8 @@ class _PackedWindow:
             columns = list(zip(*(layout.leaves(item) for item in items)))
         values, segment_ids, positions = [], {}, {}
         for f, column in enumerate(columns):
-            buffer = self._new_buffer(column[0], rows, layout.capacities[f], layout.paddings[f])
-            feature_lengths = lengths_array[:, f]
+            buffer = self._new_buffer(pool, column[0], rows, layout.capacities[f], layout.paddings[f])
+            feature_lengths = np.ascontiguousarray(lengths_array[:, f])
             alignment = layout.alignments[f]
             kernels.scatter_rows(
                 _join(column, buffer.dtype, buffer.shape[2:]),
@@ -168,8 +222,8 @@ class _PackedWindow:
             values.append(buffer)
             key = layout.packed_keys[f]
             if key is not None:
-                segment_ids[key] = np.zeros((rows, layout.capacities[f]), dtype=np.int32)
-                positions[key] = np.zeros((rows, layout.capacities[f]), dtype=np.int32)
+                segment_ids[key] = pool.full((rows, layout.capacities[f]), np.int32, 0)
+                positions[key] = pool.full((rows, layout.capacities[f]), np.int32, 0)
                 kernels.pack_rows(
                     feature_lengths, bins_array, segment_ids[key], positions[key], alignment=alignment
                 )
@@ -188,31 +242,30 @@ class _PackedWindow:
                 batch[f"{key}_segment_ids"] = segment_ids[key]
                 batch[f"{key}_positions"] = positions[key]
         self.batch = batch
+        self.arrays = values + list(segment_ids.values()) + list(positions.values())
         self.rows = rows
-        self.leaves, self.treedef = tree_util.tree_flatten(batch)
-        self.items_per_row = np.bincount(bins_array, minlength=rows).tolist()
-        self.tokens_per_row = (
-            np.bincount(bins_array, weights=lengths_array[:, 0], minlength=rows)
-            .astype(np.int64)
-            .tolist()
-        )
+        self.items_per_row = np.bincount(bins_array, minlength=rows)
+        self.tokens_per_row = np.bincount(
+            bins_array, weights=lengths_array[:, 0], minlength=rows
+        ).astype(np.int64)
 
     @staticmethod
-    def _new_buffer(first: Any, rows: int, capacity: int, padding: Any) -> np.ndarray:
+    def _new_buffer(pool: _BufferPool, first: Any, rows: int, capacity: int, padding: Any) -> np.ndarray:
         """[rows, capacity, ...] padding; dtype and trailing shape from the window's first
         element (grain's rule: a Python int is int64)."""
         if np.ndim(first) == 0:
             trailing, dtype = (), np.int64 if isinstance(first, int) else np.asarray(first).dtype
         else:
             trailing, dtype = first.shape[1:], first.dtype
-        shape = (rows, capacity, *trailing)
-        return np.zeros(shape, dtype) if padding is None else np.full(shape, padding, dtype)
+        return pool.full((rows, capacity, *trailing), dtype, 0 if padding is None else padding)
 
-    def row_order(self, seed: int, group_by_feature: str | None) -> list:
-        """grain's shuffled row order for this window."""
+    def row_order(self, seed: int | None, group_by_feature: str | None) -> list:
+        """The order rows are emitted in: as packed, or grain's shuffle for ``seed``."""
+        if seed is None:
+            return list(range(self.rows))
         order = np.random.default_rng(seed).permuted(range(self.rows))
         if group_by_feature is None:
-            return order
+            return order.tolist()
         unique_groups_in_row = [np.unique(row) for row in self.batch[group_by_feature]]
         average_group_per_row = [
             np.nan_to_num(np.sum(s) / np.count_nonzero(s), nan=0.0)
@@ -221,9 +274,22 @@ class _PackedWindow:
         keyed = [(average_group_per_row[i], order[i], i) for i in range(self.rows)]
         return [t[2] for t in sorted(keyed)]  # by average group, then shuffled position
 
-    def row(self, r: int) -> Any:
-        """Row ``r`` of every array (views, as grain returns them)."""
-        return self.treedef.unflatten([leaf[r] for leaf in self.leaves])
+    def emit(self, order: list) -> list:
+        """Rows ``order`` as grain emits them: per row, every array's row (a view)."""
+        leaves, treedef = tree_util.tree_flatten(self.batch)
+        if type(self.batch) is dict and treedef.num_leaves == len(self.batch):
+            keys = sorted(self.batch)  # jax's order for a flat dict, built faster
+            return [dict(zip(keys, [leaf[r] for leaf in leaves])) for r in order]
+        return [treedef.unflatten([leaf[r] for leaf in leaves]) for r in order]
+
+    def add_stats(self, stats: PackingStats, rows: list, capacity: int) -> None:
+        """Adds rows ``rows`` of this window to ``stats``; ``capacity`` is cells per row."""
+        items = int(self.items_per_row[rows].sum())
+        stats.rows += len(rows)
+        stats.documents += items
+        stats.pieces += items
+        stats.tokens += int(self.tokens_per_row[rows].sum())
+        stats.capacity += len(rows) * capacity
 
 
 class _PackDatasetIterator(grain.DatasetIterator):
@@ -249,14 +315,19 @@ class _PackDatasetIterator(grain.DatasetIterator):
             max_items_per_bin=dataset._max_sequences_per_bin,
             algorithm=self._algorithm,
         )
-        self._packing_stats = PackingStats()
+        self._finished_windows_stats = PackingStats()
+        self._pool = _BufferPool()
         self._counter = 0  # rows emitted so far, all windows; seeds the shuffle
         self._restart(self._parent.get_state(), 0, next_row=0)
 
     @property
     def stats(self) -> PackingStats:
-        """Rows emitted, items packed and fill ratio (first feature) of this iterator."""
-        return self._packing_stats
+        """A snapshot of the rows emitted, items packed and fill ratio (first feature)."""
+        stats = dataclasses.replace(self._finished_windows_stats)
+        if self._window is not None:
+            emitted = self._order[self._first_row : self._next_row]
+            self._window.add_stats(stats, emitted, self._layout.capacities[0])
+        return stats
 
     def _restart(self, parent_state: Any, skip: int, next_row: int) -> None:
         self._window: _PackedWindow | None = None
@@ -284,25 +355,30 @@ class _PackDatasetIterator(grain.DatasetIterator):
 
     def __next__(self) -> Any:
         if self._window is None:
-            self._window = self._fill_window()
-            if self._shuffle_bins:
-                seed = self._seed + self._counter - self._next_row
-                self._row_order = self._window.row_order(seed, self._group_by_feature)
-        window, i = self._window, self._next_row
-        r = self._row_order[i] if self._shuffle_bins else i
-        stats = self._packing_stats
-        stats.rows += 1
-        stats.documents += window.items_per_row[r]
-        stats.pieces += window.items_per_row[r]
-        stats.tokens += window.tokens_per_row[r]
-        stats.capacity += self._layout.capacities[0]
+            self._start_window()
+        row = self._rows[self._next_row]
         self._next_row += 1
         self._counter += 1
-        if self._next_row >= window.rows:
-            self._window = None
+        if self._next_row == self._window.rows:
+            self._window.add_stats(
+                self._finished_windows_stats,
+                self._order[self._first_row :],
+                self._layout.capacities[0],
+            )
+            self._pool.release(self._window.arrays)
+            self._window = self._rows = None
             self._window_start = self._next_start
             self._next_row = 0
-        return window.row(r)
+        return row
+
+    def _start_window(self) -> None:
+        window = self._fill_window()
+        seed = self._seed + self._counter - self._next_row if self._shuffle_bins else None
+        self._order = window.row_order(seed, self._group_by_feature)
+        self._first_row = self._next_row
+        # Rows before next_row were emitted before a restore; they stay unbuilt.
+        self._rows = [None] * self._next_row + window.emit(self._order[self._next_row :])
+        self._window = window
 
     def _fill_window(self) -> _PackedWindow:
         """Pulls elements until one fits no bin (kept for the next window) or the parent
@@ -311,12 +387,14 @@ class _PackDatasetIterator(grain.DatasetIterator):
         parent, layout = self._parent, self._layout
         place = self._packer.place_one
         keys = layout.flat_keys
+        num_keys = 0 if keys is None else len(keys)
+        first_key, last_key = (keys[0], keys[-1]) if keys else (None, None)
         items, lengths_log, bins = [], [], []
         anchor = parent.get_state()
         pending, self._pending = self._pending, None
         if pending is not None:  # already pulled: the anchor lies just after it
             items.append(pending[0])
-            lengths_log.append(pending[1])
+            lengths_log.extend(pending[1])
             bins.append(place(pending[1]))
         pulled_before_anchor = len(items)
         while True:
@@ -328,12 +406,14 @@ class _PackDatasetIterator(grain.DatasetIterator):
                 self._next_start = (anchor, len(items) - pulled_before_anchor)
                 break
             try:
-                if keys is None:
-                    lengths = layout.lengths(element)
-                elif len(keys) == 1:
-                    lengths = (element[keys[0]].shape[0],)
-                else:
+                if num_keys == 2:
+                    lengths = (element[first_key].shape[0], element[last_key].shape[0])
+                elif num_keys == 1:
+                    lengths = (element[first_key].shape[0],)
+                elif num_keys:
                     lengths = tuple([element[key].shape[0] for key in keys])
+                else:
+                    lengths = layout.lengths(element)
             except (AttributeError, IndexError):  # a scalar or non-array feature
                 lengths = layout.lengths(element)
             try:
@@ -347,9 +427,11 @@ class _PackDatasetIterator(grain.DatasetIterator):
                 self._next_start = (anchor, len(items) - pulled_before_anchor)
                 break
             items.append(element)
-            lengths_log.append(lengths)
+            lengths_log.extend(lengths)
             bins.append(b)
-        window = _PackedWindow(layout, items, lengths_log, bins, self._packer.num_used_bins)
+        window = _PackedWindow(
+            layout, items, lengths_log, bins, self._packer.num_used_bins, self._pool
+        )
         self._packer.reset()
         return window
 
