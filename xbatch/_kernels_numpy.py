@@ -157,21 +157,28 @@ def item_starts(lengths: np.ndarray, bins: np.ndarray, alignment: int, num_bins:
     return starts, segment_ids, ends
 
 
-def _token_coordinates(lengths, bins, alignment, num_bins, row_length):
-    """Row, column and position of every token of the concatenated items."""
-    starts, segment_ids, ends = item_starts(lengths, bins, alignment, num_bins)
+def _item_cells(lengths, bins, alignment, rows, row_length):
+    """(flat cell of each item's first token, segment ids, failed item index or -1)."""
+    starts, segment_ids, _ = item_starts(lengths, bins, alignment, rows)
     # An aligned end may pass the row by alignment padding only; real tokens may not.
-    last_cells = starts + lengths
-    overflow = np.flatnonzero(last_cells > row_length)
+    overflow = np.flatnonzero(starts + lengths > row_length)
     if overflow.size:
-        return None, int(overflow[0])
-    total = int(lengths.sum())
-    item_of_token = np.repeat(np.arange(len(lengths)), lengths)
+        return None, None, int(overflow[0])
+    return bins * row_length + starts, segment_ids, -1
+
+
+def _token_cells(first_cells, lengths):
+    """Flat cell of every token: its item's first cell plus its offset in the item."""
     source_starts = np.cumsum(lengths) - lengths
-    positions = np.arange(total, dtype=np.int64) - source_starts[item_of_token]
-    rows = bins[item_of_token]
-    columns = starts[item_of_token] + positions
-    return (rows, columns, positions, segment_ids[item_of_token]), -1
+    return np.repeat(first_cells - source_starts, lengths) + np.arange(int(lengths.sum()))
+
+
+def _assign(out, cells, values):
+    """``out`` viewed as [rows * row_length, ...] gets ``values`` at ``cells``."""
+    if out.flags.c_contiguous:
+        out.reshape(-1, *out.shape[2:])[cells] = values
+    else:
+        out[cells // out.shape[1], cells % out.shape[1]] = values
 
 
 def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
@@ -187,14 +194,12 @@ def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
       -1 on success, else the index of the first item that does not fit its row (nothing
       is written then).
     """
-    coordinates, failed = _token_coordinates(
-        lengths, bins, alignment, out_segment_ids.shape[0], out_segment_ids.shape[1]
-    )
-    if coordinates is None:
+    first_cells, segment_ids, failed = _item_cells(lengths, bins, alignment, *out_segment_ids.shape)
+    if failed >= 0:
         return failed
-    rows, columns, positions, segment_ids = coordinates
-    out_segment_ids[rows, columns] = segment_ids
-    out_positions[rows, columns] = positions
+    cells = _token_cells(first_cells, lengths)
+    _assign(out_segment_ids, cells, np.repeat(segment_ids, lengths))
+    _assign(out_positions, cells, cells - np.repeat(first_cells, lengths))
     return -1
 
 
@@ -209,13 +214,10 @@ def scatter_rows(values, lengths, bins, alignment, out_values):
     Returns:
       -1 on success, else the index of the first item that does not fit its row.
     """
-    coordinates, failed = _token_coordinates(
-        lengths, bins, alignment, out_values.shape[0], out_values.shape[1]
-    )
-    if coordinates is None:
+    first_cells, _, failed = _item_cells(lengths, bins, alignment, *out_values.shape[:2])
+    if failed >= 0:
         return failed
-    rows, columns, _, _ = coordinates
-    out_values[rows, columns] = values
+    _assign(out_values, _token_cells(first_cells, lengths), values)
     return -1
 
 

@@ -236,17 +236,8 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
 def place_until_full(packer, lengths: np.ndarray, out_bins: np.ndarray, start: int) -> tuple[int, bool]:
     """Places pieces ``start, start + 1, ...`` until one fits no bin.
 
-    ``BinPacker.place`` checks every item it is given, so pieces go in slices that double
-    in size: a window costs checks in proportion to its own pieces, not to all pieces left.
-
     Returns:
       (index of the first piece not placed, whether the window is full: a piece fits no bin).
     """
-    total, step = lengths.shape[0], 256
-    while start < total:
-        stop = min(total, start + step)
-        start += packer.place(lengths[start:stop], out_bins[start:stop])
-        if start < stop:
-            return start, True
-        step *= 2
-    return total, False
+    stop = start + packer.place(lengths[start:], out_bins[start:])
+    return stop, stop < lengths.shape[0]
