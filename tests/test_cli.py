@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,13 @@ def test_bench_quick_prints_ratios(monkeypatch, capsys):
     assert len(lines) == 2 + 4
     for line in lines[2:]:
         assert line.endswith("x") and float(line.split()[-1][:-1]) > 0
+
+
+def test_readme_example_runs_and_yields_an_llm_batch():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("## End to end")[1].split("```python\n")[1].split("```")[0]
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    batch = namespace["batch"]
+    assert type(batch).__name__ == "LLMBatch" and batch.inputs.shape == (8, 2048)
+    assert batch.inputs.dtype == np.int32 and (batch.inputs[:, 0] == 2).all()  # rows start with the EOD
