@@ -107,7 +107,7 @@ def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LON
     lengths = np.maximum(lengths, 1).astype(np.int64)
     tokens = rng.integers(2, SYNTHETIC_VOCAB_SIZE, size=int(lengths.sum()), dtype=np.int32)
     mean = f"mean {lengths.mean():.0f} tokens" if num_documents else "empty"
-    return Corpus(tokens, lengths, f"built-in synthetic corpus (seed {seed}, {mean})")
+    return Corpus(tokens, lengths, f"the built-in synthetic corpus (seed {seed}, {mean})")
 
 
 def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
@@ -339,13 +339,15 @@ class PackOptions:
         return self.num_packing_bins is not None and not self.algorithm.endswith("_decreasing")
 
 
-def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., Any]):
+def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., Any], *, keep_rows: bool = True):
     """Packs ``corpus``; returns (fields: dict of int32 [rows, seq_len], PackingStats).
 
     Online algorithms with a bin count run the streaming :class:`LLMPackIterDataset` on
     ragged chunks of ``CHUNK_DOCUMENTS`` documents (what a training pipeline sees, with a
     progress bar); whole-corpus and decreasing algorithms need every document at once
-    and run :func:`pack_documents`. Both give the same rows for the same arguments.
+    and run :func:`pack_documents`. Both give the same rows for the same arguments. With
+    ``keep_rows=False`` the streaming path keeps only the first row (to show it), and
+    costs no memory per row.
     """
     from .packing import pack_documents
 
@@ -369,13 +371,14 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
     iterator = iter(LLMPackIterDataset(parent, **arguments))
     # Rows are written straight into arrays sized for the most rows possible (one per
     # piece); pages never written are never touched, so the excess costs no memory.
-    max_rows = int((-(-(corpus.lengths + 1) // options.seq_len)).sum())
+    max_rows = int((-(-(corpus.lengths + 1) // options.seq_len)).sum()) if keep_rows else 1
     fields = {name: np.empty((max_rows, options.seq_len), np.int32) for name in ROW_FIELDS}
     num_rows = 0
     with progress(total=corpus.num_documents, unit="doc", unit_scale=True, desc="packing") as bar:
         for row in iterator:
-            for name in ROW_FIELDS:
-                fields[name][num_rows] = row[name]
+            if num_rows < max_rows:
+                for name in ROW_FIELDS:
+                    fields[name][num_rows] = row[name]
             num_rows += 1
             if num_rows % 256 == 0:
                 bar.update(iterator.stats.documents - bar.n)
@@ -416,28 +419,27 @@ def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, wi
     return "\n".join(lines)
 
 
-def _rate(count: float, seconds: float) -> str:
-    """``count / seconds`` as 1.23 M/s style text."""
-    if seconds <= 0:
-        return "-"
-    value = count / seconds
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+def _rate(count: float, seconds: float, unit: str) -> str:
+    """``count / seconds`` as text such as ``1.23 M tokens/s``."""
+    value = count / seconds if seconds > 0 else 0.0
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= scale:
-            return f"{value / scale:.2f} {unit}/s"
-    return f"{value:.0f} /s"
+            return f"{value / scale:.2f} {prefix} {unit}/s"
+    return f"{value:.0f} {unit}/s"
 
 
 def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, output: Path | None) -> str:
     """The summary ``xbatch pack`` prints after packing."""
     bins = "the whole corpus" if options.num_packing_bins is None else f"{options.num_packing_bins} bins"
     lines = [
-        f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from the {corpus.name}",
+        f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from {corpus.name}",
         f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins})",
         f"  fill ratio          {stats.fill_ratio:.2%} (document and EOD tokens / row capacity)",
         f"  documents split     {stats.documents_split:,} (long_documents={options.long_documents})",
         f"  tokens truncated    {stats.tokens_truncated:,}",
-        f"  speed               {_rate(corpus.num_documents, seconds).replace('/s', ' documents/s')}, "
-        f"{_rate(corpus.num_tokens, seconds).replace('/s', ' tokens/s')} ({seconds:.3f} s packing)",
+        f"  speed               {_rate(corpus.num_documents, seconds, 'documents')}, "
+        f"{_rate(corpus.num_tokens, seconds, 'tokens')} ({seconds:.3f} s packing"
+        + (" and collecting the rows)" if output is not None else ")"),
         f"  backend             {_backend.BACKEND}",
     ]
     if output is not None:
@@ -486,7 +488,7 @@ def command_pack(args: argparse.Namespace, out) -> None:
     import xbatch.packing  # noqa: F401 - imported here so that its import time is not timed
 
     start = time.perf_counter()
-    fields, stats = pack_corpus(corpus, options, progress)
+    fields, stats = pack_corpus(corpus, options, progress, keep_rows=output is not None)
     seconds = time.perf_counter() - start
     if output is not None:
         try:
