@@ -51,20 +51,20 @@ def _leaf_length(value: Any) -> int:
     return 1 if np.ndim(value) == 0 else len(value)
 
 
-def _join(values: list, dtype: np.dtype, trailing: tuple[int, ...]) -> np.ndarray:
-    """The items of one feature back to back, cast to the window's dtype like grain's
-    row assignment does (unsafe casting; scalars and broadcastable shapes allowed)."""
+def _join(values: list, out: np.ndarray) -> np.ndarray:
+    """Writes the items of one feature back to back into ``out`` [tokens, ...], cast to
+    its dtype like grain's row assignment (unsafe casting; scalars and items whose
+    trailing shape broadcasts allowed); returns ``out``."""
     try:
-        joined = np.concatenate(values, dtype=dtype, casting="unsafe")
+        np.concatenate(values, out=out, casting="unsafe")
     except ValueError:  # 0-d items, or items that differ in trailing shape
-        joined = None
-    if joined is None or joined.shape[1:] != trailing:
-        joined = np.concatenate(
+        trailing = out.shape[1:]
+        np.concatenate(
             [np.broadcast_to(v, (_leaf_length(v), *trailing)) for v in values],
-            dtype=dtype,
+            out=out,
             casting="unsafe",
         )
-    return joined
+    return out
 
 
 class _Layout:
@@ -165,6 +165,7 @@ class _BufferPool:
     def __init__(self, max_windows: int = 3):
         self._windows: list[list[np.ndarray]] = []
         self._max_windows = max_windows
+        self._scratch: dict[int, np.ndarray] = {}
 
     def release(self, arrays: list[np.ndarray]) -> None:
         """Offers a finished window's arrays for reuse."""
@@ -185,6 +186,16 @@ class _BufferPool:
                     np.copyto(array, fill, casting="unsafe")
                     return array
         return np.full(shape, fill, dtype)
+
+    def scratch(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A reused array of ``shape`` for data that never leaves the packer; one per
+        ``slot`` (its contents are undefined)."""
+        size = int(np.prod(shape))
+        flat = self._scratch.get(slot)
+        if flat is None or flat.dtype != dtype or flat.size < size:
+            flat = np.empty(max(size, 2 * flat.size if flat is not None else 0), dtype)
+            self._scratch[slot] = flat
+        return flat[:size].reshape(shape)
 
 
 class _PackedWindow:
@@ -212,8 +223,9 @@ class _PackedWindow:
             buffer = self._new_buffer(pool, column[0], rows, layout.capacities[f], layout.paddings[f])
             feature_lengths = np.ascontiguousarray(lengths_array[:, f])
             alignment = layout.alignments[f]
+            tokens = pool.scratch(f, (int(feature_lengths.sum()), *buffer.shape[2:]), buffer.dtype)
             kernels.scatter_rows(
-                _join(column, buffer.dtype, buffer.shape[2:]),
+                _join(column, tokens),
                 feature_lengths,
                 bins_array,
                 buffer,
