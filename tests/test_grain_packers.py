@@ -233,9 +233,11 @@ def test_per_host_shards_together_deliver_every_token_once(backend):
 
 def test_stats_count_rows_items_and_fill(backend):
     docs = [{"inputs": np.arange(n)} for n in [3, 4, 2, 5, 1]]
-    it = iter(FirstFitPackIterDataset(_iter_dataset(docs), length_struct={"inputs": 6}, num_packing_bins=2))
+    it = iter(FirstFitPackIterDataset(_iter_dataset(docs), length_struct={"inputs": 6}, num_packing_bins=2, shuffle_bins=False))
     assert isinstance(it.stats, PackingStats) and it.stats.rows == 0
-    rows = list(it)
+    first = next(it)  # rows [3, 2] and [4], then [5, 1]
+    assert (it.stats.rows, it.stats.documents, it.stats.tokens) == (1, 2, 5)
+    rows = [first, *it]
     assert it.stats.rows == len(rows) == 3
     assert it.stats.documents == it.stats.pieces == 5
     assert it.stats.tokens == 15 and it.stats.capacity == 18
