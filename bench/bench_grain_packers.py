@@ -89,7 +89,11 @@ def kernel_backend(name: str):
 class GrainPackers:
     """The whole pipeline per packer; self time = this minus packer="none"."""
 
-    params = (["none", "grain", "xbatch", "grain_best_fit", "xbatch_best_fit"], list(MEAN_TOKENS), ["cython", "numpy"])
+    params = (
+        ["none", "grain", "xbatch", "grain_best_fit", "xbatch_best_fit"],
+        list(MEAN_TOKENS),
+        ["cython", "numpy"],
+    )
     param_names = ["packer", "mean_tokens", "backend"]
     number = 1
     repeat = 5
@@ -170,7 +174,8 @@ def main(argv=None) -> None:
         except NotImplementedError as exc:
             print(f"{backend}: skipped, {exc}")
     print(f"{ROW_LENGTH}-token rows, {NUM_BINS} bins, {args.count} documents, median of {args.repeats}")
-    print(f"{'mean':>5} {'algorithm':>10} {'parent us/item':>15} {'grain self':>11} " + "".join(f"{'xbatch ' + b:>15} {'ratio':>7}" for b in backends))
+    header = f"{'mean':>5} {'algorithm':>10} {'parent us/item':>15} {'grain self':>11} "
+    print(header + "".join(f"{'xbatch ' + b:>15} {'ratio':>7}" for b in backends))
     for mean_tokens in MEAN_TOKENS:
         documents(mean_tokens, args.count)
         for suffix, algorithm in (("", "first_fit"), ("_best_fit", "best_fit")):

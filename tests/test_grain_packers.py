@@ -39,7 +39,8 @@ def _random_case(seed: int):
     capacities = {"inputs": int(rng.integers(1, 40))}
     if rng.random() < 0.6:
         capacities["targets"] = int(rng.integers(1, 40))
-    extras = set(rng.choice(["seq_meta", "doc_meta", "matrix", "float", "scalar", "mixed"], size=rng.integers(0, 3), replace=False))
+    options = ["seq_meta", "doc_meta", "matrix", "float", "scalar", "mixed"]
+    extras = set(rng.choice(options, size=rng.integers(0, 3), replace=False))
     if "seq_meta" in extras:
         capacities["mask"] = int(rng.integers(1, 40))
     if "matrix" in extras:
@@ -105,7 +106,10 @@ def test_rows_match_grain_on_random_streams(backend, algorithm, seed):
 def test_rows_match_grain_with_two_features_of_different_lengths(backend, algorithm):
     rng = np.random.default_rng(7)
     docs = [
-        {"inputs": np.arange(rng.integers(1, 90), dtype=np.int32), "targets": np.arange(rng.integers(1, 600), dtype=np.int32)}
+        {
+            "inputs": np.arange(rng.integers(1, 90), dtype=np.int32),
+            "targets": np.arange(rng.integers(1, 600), dtype=np.int32),
+        }
         for _ in range(400)
     ]
     kwargs = dict(length_struct={"inputs": 128, "targets": 640}, num_packing_bins=16, seed=5)
@@ -138,7 +142,9 @@ def test_over_long_item_raises_grains_error(backend, algorithm):
 @pytest.mark.parametrize("cap", [0, -1])
 def test_non_positive_max_sequences_per_bin_is_rejected(cap):
     with pytest.raises(ValueError, match="max_sequences_per_bin"):
-        FirstFitPackIterDataset(_iter_dataset([]), length_struct={"a": 4}, num_packing_bins=2, max_sequences_per_bin=cap)
+        FirstFitPackIterDataset(
+            _iter_dataset([]), length_struct={"a": 4}, num_packing_bins=2, max_sequences_per_bin=cap
+        )
 
 
 def test_invalid_arguments_name_the_argument():
@@ -170,7 +176,10 @@ def test_nested_sequence_meta_feature_matches_grain(backend):
 def _small_stream(seed=0, n=40):
     rng = np.random.default_rng(seed)
     return [
-        {"inputs": rng.integers(1, 99, rng.integers(1, 9)).astype(np.int32), "targets": rng.integers(1, 99, rng.integers(0, 5))}
+        {
+            "inputs": rng.integers(1, 99, rng.integers(1, 9)).astype(np.int32),
+            "targets": rng.integers(1, 99, rng.integers(0, 5)),
+        }
         for _ in range(n)
     ]
 
@@ -189,7 +198,11 @@ def test_restores_exactly_from_every_checkpoint(backend, algorithm, shuffle):
 
 
 def test_state_replays_the_window_from_one_parent_state_per_window(backend):
-    it = iter(FirstFitPackIterDataset(_iter_dataset(_small_stream()), length_struct={"inputs": 10, "targets": 6}, num_packing_bins=3))
+    it = iter(
+        FirstFitPackIterDataset(
+            _iter_dataset(_small_stream()), length_struct={"inputs": 10, "targets": 6}, num_packing_bins=3
+        )
+    )
     states = []
     for _ in range(10):
         states.append(it.get_state())
@@ -206,14 +219,18 @@ def _tokens(rows, key="inputs"):
 
 
 def test_pickled_dataset_packs_the_same(backend):
-    ds = FirstFitPackIterDataset(_iter_dataset(_small_stream()), length_struct={"inputs": 10, "targets": 6}, num_packing_bins=4, seed=2)
+    ds = FirstFitPackIterDataset(
+        _iter_dataset(_small_stream()), length_struct={"inputs": 10, "targets": 6}, num_packing_bins=4, seed=2
+    )
     assert_same_rows(list(ds), list(pickle.loads(pickle.dumps(ds))))
 
 
 def test_mp_prefetch_delivers_every_token_once(backend):
     docs = [{"inputs": np.arange(i * 10, i * 10 + 1 + i % 7), "targets": np.arange(i % 3)} for i in range(200)]
     ds = FirstFitPackIterDataset(
-        grain.MapDataset.source(docs).to_iter_dataset(), length_struct={"inputs": 16, "targets": 4}, num_packing_bins=4
+        grain.MapDataset.source(docs).to_iter_dataset(),
+        length_struct={"inputs": 16, "targets": 4},
+        num_packing_bins=4,
     )
     rows = list(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=2)))
     assert _tokens(rows) == sorted(np.concatenate([d["inputs"] for d in docs]).tolist())
@@ -226,14 +243,18 @@ def test_per_host_shards_together_deliver_every_token_once(backend):
     for shard_index in range(shard_count):
         shard = source[shard_index::shard_count].to_iter_dataset(NO_PREFETCH)
         shard_rows = list(FirstFitPackIterDataset(shard, length_struct={"inputs": 16}, num_packing_bins=4))
-        assert _tokens(shard_rows) == sorted(np.concatenate([d["inputs"] for d in docs[shard_index::shard_count]]).tolist())
+        shard_docs = docs[shard_index::shard_count]
+        assert _tokens(shard_rows) == sorted(np.concatenate([d["inputs"] for d in shard_docs]).tolist())
         rows += shard_rows
     assert _tokens(rows) == sorted(np.concatenate([d["inputs"] for d in docs]).tolist())
 
 
 def test_stats_count_rows_items_and_fill(backend):
     docs = [{"inputs": np.arange(n)} for n in [3, 4, 2, 5, 1]]
-    it = iter(FirstFitPackIterDataset(_iter_dataset(docs), length_struct={"inputs": 6}, num_packing_bins=2, shuffle_bins=False))
+    ds = FirstFitPackIterDataset(
+        _iter_dataset(docs), length_struct={"inputs": 6}, num_packing_bins=2, shuffle_bins=False
+    )
+    it = iter(ds)
     assert isinstance(it.stats, PackingStats) and it.stats.rows == 0
     first = next(it)  # rows [3, 2] and [4], then [5, 1]
     assert (it.stats.rows, it.stats.documents, it.stats.tokens) == (1, 2, 5)
@@ -247,7 +268,8 @@ def test_stats_count_rows_items_and_fill(backend):
 @pytest.mark.parametrize("algorithm", PAIRS)
 def test_recycled_buffers_match_grain_and_spare_held_rows(backend, algorithm):
     """Rows dropped as they arrive let windows reuse arrays; rows kept stay intact."""
-    docs, kwargs = _small_stream(3, n=300), dict(length_struct={"inputs": 10, "targets": 6}, num_packing_bins=3, seed=1)
+    docs = _small_stream(3, n=300)
+    kwargs = dict(length_struct={"inputs": 10, "targets": 6}, num_packing_bins=3, seed=1)
     grain_cls, xbatch_cls = PAIRS[algorithm]
     expected = list(grain_cls(_iter_dataset(docs), **kwargs))
     copied, kept = [], []

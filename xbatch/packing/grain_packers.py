@@ -172,8 +172,9 @@ class _BufferPool:
         self._windows.append(arrays)
         del self._windows[: -self._max_windows]
 
-    def full(self, shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` holding ``fill`` (cast as ``np.full`` does)."""
+    def full(self, shape: tuple[int, ...], dtype: np.dtype, fill: Any = None) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` holding ``fill`` (cast as ``np.full`` does;
+        None: zeros, as ``np.zeros``)."""
         dtype = np.dtype(dtype)
         for arrays in self._windows:
             for i in range(len(arrays)):
@@ -183,9 +184,10 @@ class _BufferPool:
                     and sys.getrefcount(arrays[i]) == self._UNUSED
                 ):
                     array = arrays.pop(i)
-                    np.copyto(array, fill, casting="unsafe")
+                    fill_value = np.zeros((), dtype) if fill is None else fill
+                    np.copyto(array, fill_value, casting="unsafe")
                     return array
-        return np.full(shape, fill, dtype)
+        return np.zeros(shape, dtype) if fill is None else np.full(shape, fill, dtype)
 
     def scratch(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A reused array of ``shape`` for data that never leaves the packer; one per
@@ -220,10 +222,14 @@ class _PackedWindow:
             columns = list(zip(*(layout.leaves(item) for item in items)))
         values, segment_ids, positions = [], {}, {}
         for f, column in enumerate(columns):
-            buffer = self._new_buffer(pool, column[0], rows, layout.capacities[f], layout.paddings[f])
+            buffer = self._new_buffer(
+                pool, column[0], rows, layout.capacities[f], layout.paddings[f]
+            )
             feature_lengths = np.ascontiguousarray(lengths_array[:, f])
             alignment = layout.alignments[f]
-            tokens = pool.scratch(f, (int(feature_lengths.sum()), *buffer.shape[2:]), buffer.dtype)
+            tokens = pool.scratch(
+                f, (int(feature_lengths.sum()), *buffer.shape[2:]), buffer.dtype
+            )
             kernels.scatter_rows(
                 _join(column, tokens),
                 feature_lengths,
@@ -234,10 +240,14 @@ class _PackedWindow:
             values.append(buffer)
             key = layout.packed_keys[f]
             if key is not None:
-                segment_ids[key] = pool.full((rows, layout.capacities[f]), np.int32, 0)
-                positions[key] = pool.full((rows, layout.capacities[f]), np.int32, 0)
+                segment_ids[key] = pool.full((rows, layout.capacities[f]), np.int32)
+                positions[key] = pool.full((rows, layout.capacities[f]), np.int32)
                 kernels.pack_rows(
-                    feature_lengths, bins_array, segment_ids[key], positions[key], alignment=alignment
+                    feature_lengths,
+                    bins_array,
+                    segment_ids[key],
+                    positions[key],
+                    alignment=alignment,
                 )
         # Assemble exactly as grain does: values (jax key order), non-sequence meta
         # features, then segment ids and positions of every non-meta key.
@@ -262,14 +272,16 @@ class _PackedWindow:
         ).astype(np.int64)
 
     @staticmethod
-    def _new_buffer(pool: _BufferPool, first: Any, rows: int, capacity: int, padding: Any) -> np.ndarray:
+    def _new_buffer(
+        pool: _BufferPool, first: Any, rows: int, capacity: int, padding: Any
+    ) -> np.ndarray:
         """[rows, capacity, ...] padding; dtype and trailing shape from the window's first
         element (grain's rule: a Python int is int64)."""
         if np.ndim(first) == 0:
             trailing, dtype = (), np.int64 if isinstance(first, int) else np.asarray(first).dtype
         else:
             trailing, dtype = first.shape[1:], first.dtype
-        return pool.full((rows, capacity, *trailing), dtype, 0 if padding is None else padding)
+        return pool.full((rows, capacity, *trailing), dtype, padding)
 
     def row_order(self, seed: int | None, group_by_feature: str | None) -> list:
         """The order rows are emitted in: as packed, or grain's shuffle for ``seed``."""
@@ -476,8 +488,11 @@ class _PackIterDataset(grain.IterDataset):
                 "If specified, `max_sequences_per_bin` must be a positive integer,"
                 f" but got {max_sequences_per_bin}."
             )
-        if isinstance(num_packing_bins, bool) or not isinstance(num_packing_bins, (int, np.integer)) or num_packing_bins < 1:
-            raise ValueError(f"num_packing_bins: expected an integer >= 1, got {num_packing_bins!r}")
+        is_integer = isinstance(num_packing_bins, (int, np.integer))
+        if isinstance(num_packing_bins, bool) or not is_integer or num_packing_bins < 1:
+            raise ValueError(
+                f"num_packing_bins: expected an integer >= 1, got {num_packing_bins!r}"
+            )
         self._layout = _Layout(length_struct, meta_features, pack_alignment_struct, padding_struct)
         self._num_packing_bins = int(num_packing_bins)
         self._seed = seed
