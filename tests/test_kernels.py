@@ -258,9 +258,9 @@ def test_bin_packer_arguments_are_checked(backend, kwargs, match):
 # Row writers
 
 
-def reference_rows(values, lengths, bins, alignment, shape):
+def reference_rows(values, lengths, bins, alignment, shape, padding=0):
     """Plain-Python layout: the definition the kernels must meet."""
-    out = np.zeros(shape, dtype=values.dtype)
+    out = np.full(shape, padding, dtype=values.dtype)
     seg = np.zeros(shape[:2], dtype=np.int32)
     pos = np.zeros(shape[:2], dtype=np.int32)
     cursor = [0] * shape[0]
@@ -275,6 +275,11 @@ def reference_rows(values, lengths, bins, alignment, shape):
         source += n
         cursor[b] = -(-(start + n) // alignment) * alignment
     return out, seg, pos
+
+
+def garbage(shape, dtype):
+    """Uninitialized-looking rows: the writers must overwrite every cell."""
+    return np.random.default_rng(1).integers(-99, 99, size=shape).astype(dtype)
 
 
 @st.composite
@@ -302,26 +307,41 @@ def row_problems(draw):
 def test_row_writers_match_reference(backend, problem):
     rows, row_length, alignment, lengths, bins, dtype = problem
     values = np.arange(1, sum(lengths) + 1, dtype=dtype)
-    expected = reference_rows(values, lengths, bins, alignment, (rows, row_length))
-    out = np.zeros((rows, row_length), dtype=dtype)
-    seg = np.zeros((rows, row_length), dtype=np.int32)
-    pos = np.zeros((rows, row_length), dtype=np.int32)
-    kernels.scatter_rows(values, np.array(lengths, dtype=dtype), bins, out, alignment=alignment)
+    expected = reference_rows(values, lengths, bins, alignment, (rows, row_length), padding=-5)
+    out = garbage((rows, row_length), dtype)
+    seg = garbage((rows, row_length), np.int32)
+    pos = garbage((rows, row_length), np.int32)
+    kernels.scatter_rows(values, np.array(lengths, dtype=dtype), bins, out, alignment=alignment, padding=-5)
     kernels.pack_rows(lengths, bins, seg, pos, alignment=alignment)
     for got, want in zip((out, seg, pos), expected):
         np.testing.assert_array_equal(got, want)
+    # The same items given one array each: copied in place, or joined when they differ.
+    items = np.split(values, np.cumsum(lengths)[:-1]) if lengths else []
+    for as_items in (items, [item.tolist() for item in items], [item.astype(np.int16) for item in items]):
+        out = garbage((rows, row_length), dtype)
+        kernels.scatter_rows(as_items, lengths, bins, out, alignment=alignment, padding=-5)
+        np.testing.assert_array_equal(out, expected[0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16])
 def test_scatter_other_dtypes_and_nd_features(backend, dtype):
     lengths, bins = [2, 3, 1], [1, 0, 1]
     values = np.arange(12, dtype=dtype).reshape(6, 2)  # a 2-d feature: 2 values per token
-    out = np.full((2, 4, 2), 9, dtype=dtype)
-    kernels.scatter_rows(values, lengths, bins, out)
-    expected, _, _ = reference_rows(values, lengths, bins, 1, (2, 4, 2))
-    expected[0, 3:] = 9
-    expected[1, 3:] = 9
+    out = garbage((2, 4, 2), dtype)
+    kernels.scatter_rows(values, lengths, bins, out, padding=9)
+    expected, _, _ = reference_rows(values, lengths, bins, 1, (2, 4, 2), padding=9)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_scatter_items_cast_and_broadcast_like_assignment(backend):
+    """Per-item values follow NumPy assignment: scalars and broadcasts fill their cells."""
+    out = garbage((2, 4), np.int32)
+    kernels.scatter_rows([np.int64(7), np.array([1.9, 2.1]), np.array([5])], [1, 2, 3], [0, 0, 1], out)
+    np.testing.assert_array_equal(out, [[7, 1, 2, 0], [5, 5, 5, 0]])
+    with pytest.raises(ValueError, match="values"):
+        kernels.scatter_rows([np.arange(3)], [2], [0], out)
+    with pytest.raises(ValueError, match="one array per item"):
+        kernels.scatter_rows([np.arange(2)], [2, 0], [0, 0], out)
 
 
 def test_row_writers_accept_non_contiguous_inputs(backend):
@@ -359,6 +379,8 @@ def test_overflowing_rows_raise_and_write_nothing(backend):
         (lambda o, s: kernels.scatter_rows(np.arange(3), [[3]], [[0]], o), "lengths", ValueError),
         (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0, 1], o), "bins", ValueError),
         (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0], [[0, 0, 0]]), "out_values", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0], o, padding=2**70), "padding", ValueError),
+        (lambda o, s: kernels.scatter_rows(np.arange(3), [3], [0], o, padding="x"), "padding", ValueError),
         (lambda o, s: kernels.pack_rows([1], [0], s.astype(np.int64), s), "out_segment_ids", TypeError),
         (lambda o, s: kernels.pack_rows([1], [0], s, s[:, :2]), "out_positions", ValueError),
         (lambda o, s: kernels.pack_rows([1], [0], s, s, alignment=0), "alignment", ValueError),
@@ -377,9 +399,11 @@ def test_compiled_row_writers_guard_their_own_bounds():
     out = np.zeros((2, 4), dtype=np.int64)
     seg = np.zeros((2, 4), dtype=np.int32)
     as_i64 = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
-    assert compiled.scatter_rows(as_i64([1, 2, 3]), as_i64([3]), as_i64([5]), 1, out) == 0
-    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([3]), as_i64([0]), 1, out) == 0
-    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([-2]), as_i64([0]), 1, out) == 0
+    assert compiled.scatter_rows(as_i64([1, 2, 3]), as_i64([3]), as_i64([5]), 1, out, 0) == 0
+    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([3]), as_i64([0]), 1, out, 0) == 0
+    assert compiled.scatter_rows(as_i64([1, 2]), as_i64([-2]), as_i64([0]), 1, out, 0) == 0
+    assert compiled.scatter_item_rows([as_i64([1])], as_i64([1]), as_i64([2]), 1, out, 0) == 0
+    assert compiled.scatter_item_rows([as_i64([1])], as_i64([2]), as_i64([0]), 1, out, 0) == -2
     assert compiled.pack_rows(as_i64([5]), as_i64([0]), 1, seg, seg.copy()) == 0
     assert not out.any() and not seg.any()
 

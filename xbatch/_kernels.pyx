@@ -14,7 +14,11 @@ from libcpp.vector cimport vector
 
 import numpy as np
 
+cimport numpy as cnp
+
 from . import _checks
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -320,6 +324,17 @@ cdef int64_t _first_overflow(
     return -1
 
 
+cdef inline void _fill(token_t* cells, int64_t count, token_t value) noexcept nogil:
+    cdef int64_t j
+    for j in range(count):
+        cells[j] = value
+
+
+cdef inline int64_t _next_start(int64_t end, int64_t alignment, int64_t row_length) noexcept nogil:
+    cdef int64_t aligned = round_up(end, alignment)
+    return aligned if aligned < row_length else row_length
+
+
 def pack_rows(
     const int64_t[::1] lengths,
     const int64_t[::1] bins,
@@ -327,7 +342,8 @@ def pack_rows(
     int32_t[:, ::1] out_segment_ids,
     int32_t[:, ::1] out_positions,
 ):
-    """Writes 1-based segment ids and per-item positions of placed items into rows.
+    """Writes every cell of the rows: 1-based segment ids and per-item positions of the
+    placed items, 0 wherever no item lies.
 
     Returns -1 on success, else the index of the first item that does not fit its row
     (nothing is written then).
@@ -335,7 +351,7 @@ def pack_rows(
     cdef int64_t rows = out_segment_ids.shape[0], row_length = out_segment_ids.shape[1]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
     cdef vector[int32_t] items_in_row = vector[int32_t](rows, 0)
-    cdef int64_t i, j, b, start, failed
+    cdef int64_t i, j, b, start, end, failed
     cdef int32_t segment
     if out_positions.shape[0] != rows or out_positions.shape[1] != row_length:
         raise ValueError("out_positions: expected the shape of out_segment_ids")
@@ -347,13 +363,28 @@ def pack_rows(
             for i in range(lengths.shape[0]):
                 b = bins[i]
                 start = cursor[b]
+                end = start + lengths[i]
                 items_in_row[b] += 1
                 segment = items_in_row[b]
                 for j in range(lengths[i]):
                     out_segment_ids[b, start + j] = segment
                     out_positions[b, start + j] = <int32_t>j
-                cursor[b] = round_up(start + lengths[i], alignment)
+                cursor[b] = _next_start(end, alignment, row_length)
+                _fill(&out_segment_ids[b, 0] + end, cursor[b] - end, <int32_t>0)
+                _fill(&out_positions[b, 0] + end, cursor[b] - end, <int32_t>0)
+            for b in range(rows):
+                if cursor[b] < row_length:
+                    _fill(&out_segment_ids[b, cursor[b]], row_length - cursor[b], <int32_t>0)
+                    _fill(&out_positions[b, cursor[b]], row_length - cursor[b], <int32_t>0)
     return failed
+
+
+cdef void _pad_rest(token_t[:, ::1] out, vector[int64_t]& cursor, token_t padding) noexcept nogil:
+    """Fills every row from its cursor to its end with ``padding``."""
+    cdef int64_t b, row_length = out.shape[1]
+    for b in range(out.shape[0]):
+        if cursor[b] < row_length:
+            _fill(&out[b, cursor[b]], row_length - cursor[b], padding)
 
 
 def scatter_rows(
@@ -362,14 +393,16 @@ def scatter_rows(
     const int64_t[::1] bins,
     int64_t alignment,
     token_t[:, ::1] out_values,
+    token_t padding,
 ):
-    """Copies the concatenated items ``values`` into rows of ``out_values``.
+    """Writes every cell of the rows: the items (``values``, back to back) where they
+    are placed, ``padding`` elsewhere.
 
     Returns -1 on success, else the index of the first item that does not fit its row.
     """
     cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
-    cdef int64_t i, b, start, source = 0, failed
+    cdef int64_t i, b, start, end, source = 0, failed
     with nogil:
         failed = _first_overflow(
             lengths, bins, alignment, rows, row_length, values.shape[0], cursor
@@ -380,11 +413,67 @@ def scatter_rows(
             for i in range(lengths.shape[0]):
                 b = bins[i]
                 start = cursor[b]
+                end = start + lengths[i]
                 if lengths[i] > 0:
                     memcpy(&out_values[b, start], &values[source], lengths[i] * sizeof(token_t))
                 source += lengths[i]
-                cursor[b] = round_up(start + lengths[i], alignment)
+                cursor[b] = _next_start(end, alignment, row_length)
+                _fill(&out_values[b, 0] + end, cursor[b] - end, padding)
+            _pad_rest(out_values, cursor, padding)
     return failed
+
+
+def scatter_item_rows(
+    list items,
+    const int64_t[::1] lengths,
+    const int64_t[::1] bins,
+    int64_t alignment,
+    token_t[:, ::1] out_values,
+    token_t padding,
+):
+    """As :func:`scatter_rows`, reading each item from its own array in ``items``.
+
+    Saves joining the items first. Every item must be a 1-d C-contiguous array of
+    ``out_values``' dtype and of its length; the loop holds the GIL because it reads
+    the list, but touches no Python object beyond that.
+
+    Returns -1 on success, the index of the first item that does not fit its row, or
+    ``-2 - i`` when item ``i`` is not such an array (callers then join the items
+    themselves, casting as NumPy does; the rows are rewritten whole).
+    """
+    cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
+    cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
+    cdef int64_t i, b, start, end, failed, n = lengths.shape[0]
+    cdef int type_number = np.dtype(np.asarray(out_values).dtype).num
+    cdef cnp.ndarray item
+    if len(items) != n:
+        raise ValueError(f"items: expected {n} arrays, one per item, got {len(items)}")
+    failed = _first_overflow(lengths, bins, alignment, rows, row_length, 1 << 62, cursor)
+    if failed >= 0:
+        return failed
+    for b in range(rows):
+        cursor[b] = 0
+    for i in range(n):
+        obj = items[i]
+        if not cnp.PyArray_CheckExact(obj):
+            return -2 - i
+        item = <cnp.ndarray>obj
+        if (
+            cnp.PyArray_TYPE(item) != type_number
+            or cnp.PyArray_NDIM(item) != 1
+            or cnp.PyArray_DIM(item, 0) != lengths[i]
+            or not cnp.PyArray_IS_C_CONTIGUOUS(item)
+        ):
+            return -2 - i
+        b = bins[i]
+        start = cursor[b]
+        end = start + lengths[i]
+        if lengths[i] > 0:
+            memcpy(&out_values[b, start], cnp.PyArray_DATA(item), lengths[i] * sizeof(token_t))
+        cursor[b] = _next_start(end, alignment, row_length)
+        _fill(&out_values[b, 0] + end, cursor[b] - end, padding)
+    _pad_rest(out_values, cursor, padding)
+    return -1
 
 
 def document_borders(const token_t[:, ::1] segmentation):

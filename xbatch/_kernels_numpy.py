@@ -182,13 +182,14 @@ def _assign(out, cells, values):
 
 
 def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
-    """Writes 1-based segment ids and per-item positions of placed items into rows.
+    """Writes every cell of the rows: 1-based segment ids and per-item positions of the
+    placed items, 0 wherever no item lies.
 
     Args:
       lengths: int64[n] item lengths (tokens), in placement order.
       bins: int64[n] each item's row, in ``[0, rows)``.
       alignment: an item's start rounds up to a multiple of this (cells).
-      out_segment_ids, out_positions: int32[rows, row_length], zero-filled by the caller.
+      out_segment_ids, out_positions: int32[rows, row_length].
 
     Returns:
       -1 on success, else the index of the first item that does not fit its row (nothing
@@ -198,18 +199,21 @@ def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
     if failed >= 0:
         return failed
     cells = _token_cells(first_cells, lengths)
+    out_segment_ids[...] = 0
+    out_positions[...] = 0
     _assign(out_segment_ids, cells, np.repeat(segment_ids, lengths))
     _assign(out_positions, cells, cells - np.repeat(first_cells, lengths))
     return -1
 
 
-def scatter_rows(values, lengths, bins, alignment, out_values):
-    """Copies the concatenated items ``values`` into rows of ``out_values``.
+def scatter_rows(values, lengths, bins, alignment, out_values, padding):
+    """Writes every cell of the rows: the items where they are placed, ``padding`` elsewhere.
 
     Args:
       values: [sum(lengths), ...] the items' tokens back to back, in placement order.
       lengths, bins, alignment: as for :func:`pack_rows`.
-      out_values: [rows, row_length, ...] pre-filled with padding by the caller.
+      out_values: [rows, row_length, ...].
+      padding: a scalar of ``out_values``' dtype.
 
     Returns:
       -1 on success, else the index of the first item that does not fit its row.
@@ -217,8 +221,31 @@ def scatter_rows(values, lengths, bins, alignment, out_values):
     first_cells, _, failed = _item_cells(lengths, bins, alignment, *out_values.shape[:2])
     if failed >= 0:
         return failed
+    out_values[...] = padding
     _assign(out_values, _token_cells(first_cells, lengths), values)
     return -1
+
+
+def scatter_item_rows(items, lengths, bins, alignment, out_values, padding):
+    """As :func:`scatter_rows`, with each item in its own array of ``items``.
+
+    Every item must be a 1-d C-contiguous array of ``out_values``' dtype and of its
+    length. Returns -1 on success, the index of the first item that does not fit its
+    row, or ``-2 - i`` when item ``i`` is not such an array.
+    """
+    if len(items) != len(lengths):
+        raise ValueError(f"items: expected {len(lengths)} arrays, one per item, got {len(items)}")
+    for i, item in enumerate(items):
+        if not (
+            type(item) is np.ndarray
+            and item.dtype == out_values.dtype
+            and item.ndim == 1
+            and item.shape[0] == lengths[i]
+            and item.flags.c_contiguous
+        ):
+            return -2 - i
+    values = np.concatenate(items) if items else np.zeros(0, out_values.dtype)
+    return scatter_rows(values, lengths, bins, alignment, out_values, padding)
 
 
 def document_borders(segmentation: np.ndarray) -> np.ndarray:

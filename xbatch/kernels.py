@@ -11,6 +11,7 @@ N-d features take the NumPy path inside the same call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -146,8 +147,8 @@ def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int =
     """Writes segment ids (1-based per row) and positions (0-based per item) of items.
 
     Items are laid out in order, each at its row's next free cell (rounded up to a
-    multiple of ``alignment`` after every item), as the packers place them. Cells no item
-    covers keep their value (callers pass zero-filled rows: 0 marks padding).
+    multiple of ``alignment`` after every item), as the packers place them. Every cell
+    is written: cells no item covers get 0 (padding), so the rows may start uninitialized.
 
     Args:
       lengths: int[n], tokens per item, in placement order.
@@ -164,46 +165,93 @@ def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int =
         )
     alignment = _positive_int("alignment", alignment)
     lengths, bins = _check_placement(lengths, bins, out_segment_ids.shape[0])
-    if not (out_segment_ids.flags.c_contiguous and out_positions.flags.c_contiguous):
-        impl = _kernels_numpy  # the compiled loop writes C-contiguous rows only
-    else:
-        impl = _backend.impl
+    compiled = (
+        out_segment_ids.size
+        and out_segment_ids.flags.c_contiguous
+        and out_positions.flags.c_contiguous
+    )
+    impl = _backend.impl if compiled else _kernels_numpy
     failed = impl.pack_rows(lengths, bins, alignment, out_segment_ids, out_positions)
     _raise_overflow(failed, lengths, bins, out_segment_ids.shape[1])
 
 
-def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1) -> None:
-    """Copies items, given back to back in ``values``, into their rows of ``out_values``.
+def _padding_value(padding: Any, dtype: np.dtype) -> Any:
+    """``padding`` in ``dtype``, converted as ``np.full`` would (default 0)."""
+    try:
+        return np.array(0 if padding is None else padding, dtype=dtype)[()]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"padding: expected a value of dtype {dtype}, got {padding!r} ({exc})") from exc
+
+
+def _join_items(items: Sequence[Any], lengths: np.ndarray, out_values: np.ndarray) -> np.ndarray:
+    """The items back to back, each cast and broadcast to ``(length, ...)`` as a NumPy
+    assignment into its cells would."""
+    shapes = [(int(n), *out_values.shape[2:]) for n in lengths]
+    try:
+        return np.concatenate(
+            [np.broadcast_to(np.asarray(v), shape) for v, shape in zip(items, shapes)]
+            or [np.zeros((0, *out_values.shape[2:]))],
+            dtype=out_values.dtype,
+            casting="unsafe",
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"values: every item must fit its cells {shapes[:3]}...: {exc}"
+        ) from exc
+
+
+def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1, padding: Any = None) -> None:
+    """Writes items into their rows of ``out_values`` and ``padding`` everywhere else.
+
+    Every cell is written, so ``out_values`` may start uninitialized (``np.empty``).
 
     Args:
-      values: [sum(lengths), ...], the items' tokens concatenated in placement order.
+      values: the items' tokens, either back to back in one array [sum(lengths), ...] in
+        placement order, or a sequence with one array per item (each cast and broadcast
+        to its cells like a NumPy assignment; 1-d arrays of ``out_values``' dtype are
+        copied straight from where they are, without joining them first).
       lengths, bins, alignment: as for :func:`pack_rows`.
-      out_values: [rows, row_length, ...], pre-filled with padding, written in place.
-        1-d int32/int64 features take the compiled path, anything else NumPy.
+      out_values: [rows, row_length, ...], written in place. 1-d int32/int64 features
+        take the compiled path, anything else NumPy.
+      padding: the value of cells no item covers (default 0).
     """
     out_values = _check_rows("out_values", out_values)
+    alignment = _positive_int("alignment", alignment)
+    lengths, bins = _check_placement(lengths, bins, out_values.shape[0])
+    fill = _padding_value(padding, out_values.dtype)
+    compiled = (
+        np.ndim(fill) == 0
+        and out_values.ndim == 2
+        and out_values.dtype in _COMPILED_DTYPES
+        and out_values.flags.c_contiguous
+        and out_values.size
+    )
+    if isinstance(values, (list, tuple)):
+        if len(values) != lengths.shape[0]:
+            raise ValueError(
+                f"values: expected one array per item ({lengths.shape[0]} items), got {len(values)}"
+            )
+        if compiled:
+            failed = _backend.impl.scatter_item_rows(list(values), lengths, bins, alignment, out_values, fill)
+            if failed > -2:
+                return _raise_overflow(failed, lengths, bins, out_values.shape[1])
+        values = _join_items(values, lengths, out_values)
     values = np.asarray(values)
     if values.ndim != out_values.ndim - 1 or values.shape[1:] != out_values.shape[2:]:
         raise ValueError(
             f"values: expected shape (tokens, {', '.join(map(str, out_values.shape[2:]))}) "
             f"to match out_values {out_values.shape}, got {_describe(values)}"
         )
-    alignment = _positive_int("alignment", alignment)
-    lengths, bins = _check_placement(lengths, bins, out_values.shape[0])
     if int(lengths.sum()) != values.shape[0]:
         raise ValueError(
             f"lengths: expected lengths summing to the {values.shape[0]} tokens of values, "
             f"got a sum of {int(lengths.sum())}"
         )
     impl = _kernels_numpy
-    if (
-        out_values.ndim == 2
-        and out_values.dtype in _COMPILED_DTYPES
-        and out_values.flags.c_contiguous
-    ):
+    if compiled:
         impl = _backend.impl
         values = np.ascontiguousarray(values, dtype=out_values.dtype)
-    failed = impl.scatter_rows(values, lengths, bins, alignment, out_values)
+    failed = impl.scatter_rows(values, lengths, bins, alignment, out_values, fill)
     _raise_overflow(failed, lengths, bins, out_values.shape[1])
 
 

@@ -192,13 +192,12 @@ def window_documents(
     num_pieces = len(pieces)
     num_rows = -(-num_pieces // multiple) * multiple
     piece_lengths, rows = pieces.lengths[:, 0], np.arange(num_pieces, dtype=np.int64)
-    targets = np.full((num_rows, seq_len), pad_token_id, dtype=np.int32)
-    inputs = np.full((num_rows, seq_len), pad_token_id, dtype=np.int32)
-    segmentation = np.zeros((num_rows, seq_len), dtype=np.int32)
-    positions = np.zeros((num_rows, seq_len), dtype=np.int32)
-    kernels.scatter_rows(pieces.tokens, piece_lengths, rows, targets)
+    targets, inputs, segmentation, positions = (
+        np.empty((num_rows, seq_len), dtype=np.int32) for _ in range(4)
+    )
+    kernels.scatter_rows(pieces.tokens, piece_lengths, rows, targets, padding=pad_token_id)
     eod_first = np.insert(tokens, np.cumsum(lengths) - lengths, np.int32(eod_token_id))
-    kernels.scatter_rows(eod_first, piece_lengths, rows, inputs)
+    kernels.scatter_rows(eod_first, piece_lengths, rows, inputs, padding=pad_token_id)
     kernels.pack_rows(piece_lengths, rows, segmentation, positions)
 
     document_idx = np.zeros(num_rows, dtype=np.int32)

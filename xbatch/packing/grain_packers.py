@@ -51,22 +51,6 @@ def _leaf_length(value: Any) -> int:
     return 1 if np.ndim(value) == 0 else len(value)
 
 
-def _join(values: list, out: np.ndarray) -> np.ndarray:
-    """Writes the items of one feature back to back into ``out`` [tokens, ...], cast to
-    its dtype like grain's row assignment (unsafe casting; scalars and items whose
-    trailing shape broadcasts allowed); returns ``out``."""
-    try:
-        np.concatenate(values, out=out, casting="unsafe")
-    except ValueError:  # 0-d items, or items that differ in trailing shape
-        trailing = out.shape[1:]
-        np.concatenate(
-            [np.broadcast_to(v, (_leaf_length(v), *trailing)) for v in values],
-            out=out,
-            casting="unsafe",
-        )
-    return out
-
-
 class _Layout:
     """What the constructor arguments say about features; shared by all iterators.
 
@@ -155,9 +139,8 @@ class _BufferPool:
     """Recycles the arrays of finished windows once no emitted row refers to them.
 
     Emitted rows are views that keep their window's arrays alive; an array whose only
-    reference is this pool is unused and can be refilled. Refilling costs a memset,
-    while a fresh multi-MiB array costs a page fault per 4 KiB on first touch, several
-    times more. Holds the arrays of at most ``max_windows`` windows.
+    reference is this pool is unused and can be rewritten (the kernels write every cell),
+    while a fresh multi-MiB array costs a page fault per 4 KiB on first touch. Holds the arrays of at most ``max_windows`` windows.
     """
 
     _UNUSED = _references_when_unused()
@@ -165,16 +148,15 @@ class _BufferPool:
     def __init__(self, max_windows: int = 3):
         self._windows: list[list[np.ndarray]] = []
         self._max_windows = max_windows
-        self._scratch: dict[int, np.ndarray] = {}
 
     def release(self, arrays: list[np.ndarray]) -> None:
         """Offers a finished window's arrays for reuse."""
         self._windows.append(arrays)
         del self._windows[: -self._max_windows]
 
-    def full(self, shape: tuple[int, ...], dtype: np.dtype, fill: Any = None) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` holding ``fill`` (cast as ``np.full`` does;
-        None: zeros, as ``np.zeros``)."""
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` with undefined contents (a reused one if
+        possible): the kernels write every cell."""
         dtype = np.dtype(dtype)
         for arrays in self._windows:
             for i in range(len(arrays)):
@@ -183,21 +165,8 @@ class _BufferPool:
                     and arrays[i].dtype == dtype
                     and sys.getrefcount(arrays[i]) == self._UNUSED
                 ):
-                    array = arrays.pop(i)
-                    fill_value = np.zeros((), dtype) if fill is None else fill
-                    np.copyto(array, fill_value, casting="unsafe")
-                    return array
-        return np.zeros(shape, dtype) if fill is None else np.full(shape, fill, dtype)
-
-    def scratch(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A reused array of ``shape`` for data that never leaves the packer; one per
-        ``slot`` (its contents are undefined)."""
-        size = int(np.prod(shape))
-        flat = self._scratch.get(slot)
-        if flat is None or flat.dtype != dtype or flat.size < size:
-            flat = np.empty(max(size, 2 * flat.size if flat is not None else 0), dtype)
-            self._scratch[slot] = flat
-        return flat[:size].reshape(shape)
+                    return arrays.pop(i)
+        return np.empty(shape, dtype)
 
 
 class _PackedWindow:
@@ -222,26 +191,22 @@ class _PackedWindow:
             columns = list(zip(*(layout.leaves(item) for item in items)))
         values, segment_ids, positions = [], {}, {}
         for f, column in enumerate(columns):
-            buffer = self._new_buffer(
-                pool, column[0], rows, layout.capacities[f], layout.paddings[f]
-            )
+            buffer = self._new_buffer(pool, column[0], rows, layout.capacities[f])
             feature_lengths = np.ascontiguousarray(lengths_array[:, f])
             alignment = layout.alignments[f]
-            tokens = pool.scratch(
-                f, (int(feature_lengths.sum()), *buffer.shape[2:]), buffer.dtype
-            )
             kernels.scatter_rows(
-                _join(column, tokens),
+                column,
                 feature_lengths,
                 bins_array,
                 buffer,
                 alignment=alignment,
+                padding=layout.paddings[f],
             )
             values.append(buffer)
             key = layout.packed_keys[f]
             if key is not None:
-                segment_ids[key] = pool.full((rows, layout.capacities[f]), np.int32)
-                positions[key] = pool.full((rows, layout.capacities[f]), np.int32)
+                segment_ids[key] = pool.empty((rows, layout.capacities[f]), np.int32)
+                positions[key] = pool.empty((rows, layout.capacities[f]), np.int32)
                 kernels.pack_rows(
                     feature_lengths,
                     bins_array,
@@ -272,16 +237,14 @@ class _PackedWindow:
         ).astype(np.int64)
 
     @staticmethod
-    def _new_buffer(
-        pool: _BufferPool, first: Any, rows: int, capacity: int, padding: Any
-    ) -> np.ndarray:
-        """[rows, capacity, ...] padding; dtype and trailing shape from the window's first
-        element (grain's rule: a Python int is int64)."""
+    def _new_buffer(pool: _BufferPool, first: Any, rows: int, capacity: int) -> np.ndarray:
+        """[rows, capacity, ...] to be written whole; dtype and trailing shape from the
+        window's first element (grain's rule: a Python int is int64)."""
         if np.ndim(first) == 0:
             trailing, dtype = (), np.int64 if isinstance(first, int) else np.asarray(first).dtype
         else:
             trailing, dtype = first.shape[1:], first.dtype
-        return pool.full((rows, capacity, *trailing), dtype, padding)
+        return pool.empty((rows, capacity, *trailing), dtype)
 
     def row_order(self, seed: int | None, group_by_feature: str | None) -> list:
         """The order rows are emitted in: as packed, or grain's shuffle for ``seed``."""
@@ -512,7 +475,7 @@ class FirstFitPackIterDataset(_PackIterDataset):
     lowest-index bin where every feature fits (and that holds fewer than
     ``max_sequences_per_bin`` elements).
 
-    Args (as grain's):
+    Args:
       parent: dataset of dict elements with variable-length features ([tokens, ...]).
       length_struct: dict of feature -> row length (tokens).
       num_packing_bins: rows per window (>= 1).

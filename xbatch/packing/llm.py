@@ -323,10 +323,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
             shape = (options.num_packing_bins, options.seq_len)
             self._buffers = tuple(np.empty(shape, dtype=np.int32) for _ in range(3))
         packed, segmentation, positions = (buffer[:num_rows] for buffer in self._buffers)
-        packed.fill(options.pad_token_id)
-        segmentation.fill(0)
-        positions.fill(0)
-        pack_pieces(tokens, lengths, bins, packed, segmentation, positions)
+        pack_pieces(tokens, lengths, bins, packed, segmentation, positions, pad_token_id=options.pad_token_id)
         # Per row: tokens, pieces, documents, split documents, truncated tokens.
         columns = (lengths, None, starts_document, starts_split, truncated)
         self._row_stats = np.stack(

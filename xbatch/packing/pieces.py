@@ -182,21 +182,20 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
       lengths: int64[n], tokens per piece.
       bins: int64[n], each piece's row.
     """
-    packed = np.full((num_rows, seq_len), pad_token_id, dtype=np.int32)
-    segmentation = np.zeros((num_rows, seq_len), dtype=np.int32)
-    positions = np.zeros((num_rows, seq_len), dtype=np.int32)
-    pack_pieces(tokens, lengths, bins, packed, segmentation, positions)
+    packed, segmentation, positions = (np.empty((num_rows, seq_len), dtype=np.int32) for _ in range(3))
+    pack_pieces(tokens, lengths, bins, packed, segmentation, positions, pad_token_id=pad_token_id)
     return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
                       pad_token_id=pad_token_id, shift=shift)
 
 
-def pack_pieces(tokens, lengths, bins, packed, segmentation, positions) -> None:
-    """Writes placed pieces into rows pre-filled with padding (``packed``) and zeros.
+def pack_pieces(tokens, lengths, bins, packed, segmentation, positions, *, pad_token_id: int) -> None:
+    """Writes placed pieces into every cell of ``packed``, ``segmentation`` and ``positions``.
 
     Pieces are laid out in the given order, each at its row's next free cell; they get
-    1-based segment ids and positions restarting at 0 per piece.
+    1-based segment ids and positions restarting at 0 per piece; the rest of each row is
+    ``pad_token_id`` with segment id and position 0.
     """
-    kernels.scatter_rows(tokens, lengths, bins, packed)
+    kernels.scatter_rows(tokens, lengths, bins, packed, padding=pad_token_id)
     kernels.pack_rows(lengths, bins, segmentation, positions)
 
 
