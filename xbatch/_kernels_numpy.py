@@ -34,6 +34,13 @@ class BinPacker:
       max_items_per_bin: cap on items per bin; 0 means no cap.
       best_fit: place into the fitting bin with the most used cells (summed over
         features; ties to the lowest index) instead of the first fitting bin.
+
+    An item fits bin ``b`` when ``lengths[f] <= room[f, b]`` for every feature, where
+    ``room`` is the free cells ``capacity - used`` of a bin below the item cap. A bin at
+    the cap takes nothing under first fit (room -1); under best fit grain adds the
+    capacity to its used cells, so it still takes an item whose lengths and whose used
+    cells are all zero (room ``-used``). Keeping ``room`` up to date makes a placement a
+    few vector operations over the bins.
     """
 
     def __init__(self, capacities, alignments, num_bins, max_items_per_bin, best_fit):
@@ -43,11 +50,15 @@ class BinPacker:
         self.max_items_per_bin = int(max_items_per_bin)
         self.best_fit = bool(best_fit)
         self.num_features = len(self.capacities)
+        self._capacity_list = self.capacities.tolist()
+        self._alignment_list = self.alignments.tolist()
         self.reset()
 
     def reset(self) -> None:
         """Empties every bin."""
         self._used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
+        self._room = np.repeat(self.capacities[:, None], self.num_bins, axis=1)
+        self._scores = np.zeros(self.num_bins, dtype=np.int64)  # used cells, all features
         self._counts = np.zeros(self.num_bins, dtype=np.int64)
         self._num_used_bins = 0
 
@@ -66,37 +77,40 @@ class BinPacker:
         """Bins holding at least one item; they are always bins ``0 .. n-1``."""
         return self._num_used_bins
 
-    def _find_bin(self, lengths: np.ndarray) -> int:
-        used, caps = self._used, self.capacities[:, None]
+    def _find_bin(self, lengths: list[int]) -> int:
+        fits = self._room[0] >= lengths[0]
+        for f in range(1, self.num_features):
+            fits &= self._room[f] >= lengths[f]
         if self.best_fit:
-            new_used = used + lengths[:, None]
-            if self.max_items_per_bin:
-                # grain's rule: a full bin gets its capacity added, so it still "fits"
-                # an item when all its used cells and the item's lengths are zero.
-                new_used = new_used + (self._counts >= self.max_items_per_bin) * caps
-            fits = np.all(new_used <= caps, axis=0)
-            if not fits.any():
-                return NO_BIN
-            scores = used.sum(axis=0)
-            scores[~fits] = -1
-            return int(np.argmax(scores))
-        fits = np.all(used + lengths[:, None] <= caps, axis=0)
-        if self.max_items_per_bin:
-            fits &= self._counts < self.max_items_per_bin
-        if not fits.any():
-            return NO_BIN
-        return int(np.argmax(fits))
+            bin_index = int(np.argmax(np.where(fits, self._scores, -1)))
+        else:
+            bin_index = int(np.argmax(fits))
+        return bin_index if fits[bin_index] else NO_BIN
 
-    def _put(self, lengths: np.ndarray, bin_index: int) -> None:
-        end = self._used[:, bin_index] + lengths
-        self._used[:, bin_index] = _round_up(end, self.alignments)
-        self._counts[bin_index] += 1
-        self._num_used_bins = max(self._num_used_bins, bin_index + 1)
+    def _put(self, lengths: list[int], b: int) -> None:
+        self._counts[b] += 1
+        full = 0 < self.max_items_per_bin <= self._counts[b]
+        for f in range(self.num_features):
+            alignment = self._alignment_list[f]
+            used = (int(self._used[f, b]) + lengths[f] + alignment - 1) // alignment * alignment
+            self._used[f, b] = used
+            if not full:
+                self._room[f, b] = self._capacity_list[f] - used
+            else:
+                self._room[f, b] = -used if self.best_fit else -1
+        self._scores[b] = self._used[:, b].sum()
+        self._num_used_bins = max(self._num_used_bins, b + 1)
+
+    def _valid(self, lengths: list[int]) -> bool:
+        return len(lengths) == self.num_features and all(
+            0 <= n <= c for n, c in zip(lengths, self._capacity_list)
+        )
 
     def place_one(self, lengths) -> int:
         """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
-        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        if lengths.shape != (self.num_features,) or np.any(lengths < 0) or np.any(lengths > self.capacities):
+        if not (type(lengths) is tuple and all(type(n) is int for n in lengths)):
+            lengths = np.asarray(lengths).reshape(-1).tolist()  # the packers' tuples skip this
+        if not (self._valid(lengths) and all(isinstance(n, int) for n in lengths)):
             _checks.raise_bad_item(lengths, self.capacities)
         bin_index = self._find_bin(lengths)
         if bin_index != NO_BIN:
@@ -119,12 +133,13 @@ class BinPacker:
         """
         _checks.check_place_args(lengths, out_bins, self.capacities)
         for i in range(lengths.shape[0]):
-            if np.any(lengths[i] < 0) or np.any(lengths[i] > self.capacities):
+            item = lengths[i].tolist()  # per item: a call may place few of many items
+            if not self._valid(item):
                 _checks.raise_bad_item_at(i, lengths, self.capacities)
-            bin_index = self._find_bin(lengths[i])
+            bin_index = self._find_bin(item)
             if bin_index == NO_BIN:
                 return i
-            self._put(lengths[i], bin_index)
+            self._put(item, bin_index)
             out_bins[i] = bin_index
         return lengths.shape[0]
 
