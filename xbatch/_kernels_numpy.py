@@ -20,10 +20,6 @@ from . import _checks
 NO_BIN = -1
 
 
-def _round_up(values: np.ndarray, alignments: np.ndarray) -> np.ndarray:
-    return (values + alignments - 1) // alignments * alignments
-
-
 class BinPacker:
     """Online placement of items into ``num_bins`` bins over ``F`` features.
 
@@ -144,56 +140,18 @@ class BinPacker:
         return lengths.shape[0]
 
 
-def item_starts(lengths: np.ndarray, bins: np.ndarray, alignment: int, num_bins: int):
-    """Where each item starts in its bin and its 1-based segment id there.
-
-    Items are laid out in order: an item starts at its bin's next free cell, which after
-    each item rounds up to a multiple of ``alignment``.
-
-    Returns:
-      (starts int64[n], segment_ids int64[n], ends int64[num_bins]) where ``ends`` is each
-      bin's next free cell after the last item.
-    """
-    n = len(lengths)
-    aligned = _round_up(lengths.astype(np.int64), np.int64(alignment))
-    order = np.argsort(bins, kind="stable")
-    sorted_bins = bins[order]
-    cumulative = np.cumsum(aligned[order])
-    group_first = np.ones(n, dtype=bool)
-    group_first[1:] = sorted_bins[1:] != sorted_bins[:-1]
-    first_index = np.maximum.accumulate(np.where(group_first, np.arange(n), 0))
-    before_group = np.where(first_index > 0, cumulative[first_index - 1], 0) if n else cumulative
-    starts = np.empty(n, dtype=np.int64)
-    starts[order] = cumulative - aligned[order] - before_group
-    segment_ids = np.empty(n, dtype=np.int64)
-    segment_ids[order] = np.arange(n) - first_index + 1
-    ends = np.zeros(num_bins, dtype=np.int64)
-    np.add.at(ends, bins, aligned)
-    return starts, segment_ids, ends
-
-
-def _item_cells(lengths, bins, alignment, rows, row_length):
-    """(flat cell of each item's first token, segment ids, failed item index or -1)."""
-    starts, segment_ids, _ = item_starts(lengths, bins, alignment, rows)
-    # An aligned end may pass the row by alignment padding only; real tokens may not.
-    overflow = np.flatnonzero(starts + lengths > row_length)
-    if overflow.size:
-        return None, None, int(overflow[0])
-    return bins * row_length + starts, segment_ids, -1
-
-
-def _token_cells(first_cells, lengths):
-    """Flat cell of every token: its item's first cell plus its offset in the item."""
-    source_starts = np.cumsum(lengths) - lengths
-    return np.repeat(first_cells - source_starts, lengths) + np.arange(int(lengths.sum()))
-
-
-def _assign(out, cells, values):
-    """``out`` viewed as [rows * row_length, ...] gets ``values`` at ``cells``."""
-    if out.flags.c_contiguous:
-        out.reshape(-1, *out.shape[2:])[cells] = values
-    else:
-        out[cells // out.shape[1], cells % out.shape[1]] = values
+def _item_starts(lengths, bins, alignment, rows, row_length):
+    """(each item's first cell in its row, failed): items go in order to their row's next
+    free cell, which rounds up to a multiple of ``alignment`` after each item. ``failed``
+    is the index of the first item that would leave its row, else -1."""
+    starts, cursor = [], [0] * rows
+    for i, (n, b) in enumerate(zip(lengths, bins)):
+        start = cursor[b]
+        if start + n > row_length:
+            return starts, i
+        starts.append(start)
+        cursor[b] = (start + n + alignment - 1) // alignment * alignment
+    return starts, -1
 
 
 def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
@@ -210,14 +168,19 @@ def pack_rows(lengths, bins, alignment, out_segment_ids, out_positions):
       -1 on success, else the index of the first item that does not fit its row (nothing
       is written then).
     """
-    first_cells, segment_ids, failed = _item_cells(lengths, bins, alignment, *out_segment_ids.shape)
+    rows, row_length = out_segment_ids.shape
+    lengths, bins = lengths.tolist(), bins.tolist()
+    starts, failed = _item_starts(lengths, bins, alignment, rows, row_length)
     if failed >= 0:
         return failed
-    cells = _token_cells(first_cells, lengths)
     out_segment_ids[...] = 0
     out_positions[...] = 0
-    _assign(out_segment_ids, cells, np.repeat(segment_ids, lengths))
-    _assign(out_positions, cells, cells - np.repeat(first_cells, lengths))
+    positions = np.arange(row_length, dtype=np.int32)
+    items_in_row = [0] * rows
+    for n, b, start in zip(lengths, bins, starts):
+        items_in_row[b] += 1
+        out_segment_ids[b, start : start + n] = items_in_row[b]
+        out_positions[b, start : start + n] = positions[:n]
     return -1
 
 
@@ -233,12 +196,9 @@ def scatter_rows(values, lengths, bins, alignment, out_values, padding):
     Returns:
       -1 on success, else the index of the first item that does not fit its row.
     """
-    first_cells, _, failed = _item_cells(lengths, bins, alignment, *out_values.shape[:2])
-    if failed >= 0:
-        return failed
-    out_values[...] = padding
-    _assign(out_values, _token_cells(first_cells, lengths), values)
-    return -1
+    offsets = np.cumsum(lengths) - lengths
+    items = [values[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
+    return _write_items(items, lengths, bins, alignment, out_values, padding)
 
 
 def scatter_item_rows(items, lengths, bins, alignment, out_values, padding):
@@ -259,8 +219,18 @@ def scatter_item_rows(items, lengths, bins, alignment, out_values, padding):
             and item.flags.c_contiguous
         ):
             return -2 - i
-    values = np.concatenate(items) if items else np.zeros(0, out_values.dtype)
-    return scatter_rows(values, lengths, bins, alignment, out_values, padding)
+    return _write_items(items, lengths, bins, alignment, out_values, padding)
+
+
+def _write_items(items, lengths, bins, alignment, out_values, padding):
+    lengths, bins = lengths.tolist(), bins.tolist()
+    starts, failed = _item_starts(lengths, bins, alignment, *out_values.shape[:2])
+    if failed >= 0:
+        return failed
+    out_values[...] = padding
+    for item, n, b, start in zip(items, lengths, bins, starts):
+        out_values[b, start : start + n] = item
+    return -1
 
 
 def document_borders(segmentation: np.ndarray) -> np.ndarray:
