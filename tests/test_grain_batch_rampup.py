@@ -8,7 +8,6 @@ import re
 import grain
 import numpy as np
 import pytest
-from absl import flags
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -389,15 +388,7 @@ def test_dataset_pickles():
     np.testing.assert_equal(list(pickle.loads(pickle.dumps(ds))), list(ds))
 
 
-@pytest.fixture
-def absl_flags_parsed():
-    """grain's worker processes read absl flags, which pytest (unlike absltest) never parses."""
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.usefixtures("absl_flags_parsed")
 def test_mp_prefetch_two_workers_deliver_every_element_once():
     schedule = stepwise_rampup_schedule(2, {2: 2})
     ds = BatchRampUpIterDataset(_source(30), schedule)
@@ -413,7 +404,6 @@ def test_mp_prefetch_two_workers_deliver_every_element_once():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.usefixtures("absl_flags_parsed")
 def test_ramp_up_after_mp_prefetch_follows_one_schedule():
     schedule = stepwise_rampup_schedule(2, {2: 2})
     parent = _source(30).mp_prefetch(grain.MultiprocessingOptions(num_workers=2))

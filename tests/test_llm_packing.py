@@ -5,7 +5,6 @@ import pickle
 import grain
 import numpy as np
 import pytest
-from absl import flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -296,15 +295,7 @@ def test_pickled_dataset_yields_the_same_rows(backend):
     _assert_rows_equal(_rows(pickle.loads(pickle.dumps(dataset))), _rows(dataset))
 
 
-@pytest.fixture
-def absl_flags_parsed():
-    """grain's worker processes read absl flags, which pytest never parses."""
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.usefixtures("absl_flags_parsed")
 def test_mp_prefetch_two_workers_pack_their_slices():
     docs = _random_docs(np.random.default_rng(9), 40, 12)
     source = grain.MapDataset.source(docs)
