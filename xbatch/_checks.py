@@ -1,10 +1,28 @@
-"""Argument checks shared by both kernel backends, so both raise the same errors."""
+"""Argument checks shared across xbatch, so the same mistake gets the same message.
+
+Both kernel backends raise through these, and so do the Python wrappers around them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for an error message."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (bools are not), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def raise_bad_item(lengths: Any, capacities: np.ndarray) -> None:

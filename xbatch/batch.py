@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import kernels
+from ._checks import positive_int
 
 __all__ = ["Batch", "LLMBatch", "LLMIndexedBatch", "dataclass_kwonly", "stack_rows"]
 
@@ -80,12 +81,6 @@ def _require_integer(name: str, value: Any) -> None:
     dtype = getattr(value, "dtype", None)
     if dtype is not None and (dtype == bool or not np.issubdtype(np.dtype(dtype), np.integer)):
         raise TypeError(f"{name}: expected an integer dtype, got {dtype}")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _take(value: Any, key: Any) -> Any:
@@ -178,7 +173,7 @@ def _default_llm_fields(inputs: Any, targets: Any | None) -> dict[str, Any]:
 
 
 def _llm_dtype_struct_fields(batch_size: int, max_length: int) -> dict[str, jax.ShapeDtypeStruct]:
-    shape = (_positive_int("batch_size", batch_size), _positive_int("max_length", max_length))
+    shape = (positive_int("batch_size", batch_size), positive_int("max_length", max_length))
     struct = jax.ShapeDtypeStruct(shape, np.int32)
     names = (
         "inputs", "targets", "inputs_position", "inputs_segmentation",

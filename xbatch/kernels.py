@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend, _kernels_numpy
+from ._checks import describe, positive_int
 
 ALGORITHMS = ("first_fit", "best_fit")
 _COMPILED_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -32,29 +33,16 @@ __all__ = [
 ]
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"array of shape {value.shape} and dtype {value.dtype}"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _int_array(name: str, value: Any, ndim: int) -> np.ndarray:
     """``value`` as a C-contiguous int64 array of ``ndim`` dimensions, or a clear error."""
     array = np.asarray(value)
     if array.size == 0 and array.dtype == np.float64 and not isinstance(value, np.ndarray):
         array = array.astype(np.int64)  # an empty list has no integer dtype of its own
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name}: expected an integer array, got {_describe(value)}")
+        raise TypeError(f"{name}: expected an integer array, got {describe(value)}")
     if array.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got {_describe(value)}")
+        raise ValueError(f"{name}: expected a {ndim}-d array, got {describe(value)}")
     return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _per_feature(name: str, value: Any, num_features: int, default: int) -> np.ndarray:
@@ -62,7 +50,7 @@ def _per_feature(name: str, value: Any, num_features: int, default: int) -> np.n
         return np.full(num_features, default, dtype=np.int64)
     array = _int_array(name, np.atleast_1d(value), 1)
     if array.shape != (num_features,):
-        raise ValueError(f"{name}: expected {num_features} values (one per feature), got {_describe(value)}")
+        raise ValueError(f"{name}: expected {num_features} values (one per feature), got {describe(value)}")
     return array
 
 
@@ -95,13 +83,13 @@ def BinPacker(  # noqa: N802 - a factory that stands for the backend's class
     """
     capacity_array = _int_array("capacities", np.atleast_1d(capacities), 1)
     if capacity_array.size == 0 or np.any(capacity_array <= 0):
-        raise ValueError(f"capacities: expected one or more integers > 0, got {_describe(capacities)}")
+        raise ValueError(f"capacities: expected one or more integers > 0, got {describe(capacities)}")
     num_features = capacity_array.size
     alignment_array = _per_feature("alignments", alignments, num_features, 1)
     if np.any(alignment_array < 1):
-        raise ValueError(f"alignments: expected integers >= 1, got {_describe(alignments)}")
-    num_bins = _positive_int("num_bins", num_bins)
-    cap = 0 if max_items_per_bin is None else _positive_int("max_items_per_bin", max_items_per_bin)
+        raise ValueError(f"alignments: expected integers >= 1, got {describe(alignments)}")
+    num_bins = positive_int("num_bins", num_bins)
+    cap = 0 if max_items_per_bin is None else positive_int("max_items_per_bin", max_items_per_bin)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
     return _backend.impl.BinPacker(
@@ -114,7 +102,7 @@ def _check_placement(lengths: Any, bins: Any, rows: int) -> tuple[np.ndarray, np
     bins = _int_array("bins", bins, 1)
     if lengths.shape != bins.shape:
         raise ValueError(
-            f"bins: expected one bin per item ({lengths.shape[0]} items), got {_describe(bins)}"
+            f"bins: expected one bin per item ({lengths.shape[0]} items), got {describe(bins)}"
         )
     if lengths.size and lengths.min() < 0:
         raise ValueError(f"lengths: expected lengths >= 0, got minimum {lengths.min()}")
@@ -127,7 +115,7 @@ def _check_placement(lengths: Any, bins: Any, rows: int) -> tuple[np.ndarray, np
 
 def _check_rows(name: str, array: Any, dtype=None, min_ndim: int = 2) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.ndim < min_ndim:
-        raise ValueError(f"{name}: expected a NumPy array with >= {min_ndim} dims (rows, row_length, ...), got {_describe(array)}")
+        raise ValueError(f"{name}: expected a NumPy array with >= {min_ndim} dims (rows, row_length, ...), got {describe(array)}")
     if dtype is not None and array.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
     if not array.flags.writeable:
@@ -163,7 +151,7 @@ def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int =
             f"out_positions: expected the 2-d shape of out_segment_ids {out_segment_ids.shape}, "
             f"got {out_positions.shape}"
         )
-    alignment = _positive_int("alignment", alignment)
+    alignment = positive_int("alignment", alignment)
     lengths, bins = _check_placement(lengths, bins, out_segment_ids.shape[0])
     compiled = (
         out_segment_ids.size
@@ -216,7 +204,7 @@ def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1, paddi
       padding: the value of cells no item covers (default 0).
     """
     out_values = _check_rows("out_values", out_values)
-    alignment = _positive_int("alignment", alignment)
+    alignment = positive_int("alignment", alignment)
     lengths, bins = _check_placement(lengths, bins, out_values.shape[0])
     fill = _padding_value(padding, out_values.dtype)
     compiled = (
@@ -240,7 +228,7 @@ def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1, paddi
     if values.ndim != out_values.ndim - 1 or values.shape[1:] != out_values.shape[2:]:
         raise ValueError(
             f"values: expected shape (tokens, {', '.join(map(str, out_values.shape[2:]))}) "
-            f"to match out_values {out_values.shape}, got {_describe(values)}"
+            f"to match out_values {out_values.shape}, got {describe(values)}"
         )
     if int(lengths.sum()) != values.shape[0]:
         raise ValueError(
@@ -259,7 +247,7 @@ def _token_rows(name: str, rows: Any) -> tuple[np.ndarray, Any]:
     """(rows as an array, the backend module to use for them)."""
     array = np.asarray(rows)
     if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-d array (rows, row_length), got {_describe(rows)}")
+        raise ValueError(f"{name}: expected a 2-d array (rows, row_length), got {describe(rows)}")
     if array.dtype in _COMPILED_DTYPES:
         return np.ascontiguousarray(array), _backend.impl
     return array, _kernels_numpy
@@ -274,7 +262,7 @@ def document_borders(segmentation: Any) -> np.ndarray:
     """
     array = np.asarray(segmentation)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"segmentation: expected an integer array, got {_describe(segmentation)}")
+        raise TypeError(f"segmentation: expected an integer array, got {describe(segmentation)}")
     array, impl = _token_rows("segmentation", array)
     return impl.document_borders(array)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from .._checks import positive_int
 from ..batch import LLMBatch, LLMIndexedBatch
 from .pieces import (
     LONG_DOCUMENTS,
@@ -19,7 +20,6 @@ from .pieces import (
     as_lengths,
     as_tokens,
     check_choice,
-    check_positive,
     check_token_id,
     document_pieces,
     lay_out_rows,
@@ -72,14 +72,14 @@ def pack_documents(
     Returns:
       An :class:`LLMBatch` of int32 NumPy arrays [rows, seq_len] (and the stats).
     """
-    seq_len = check_positive("seq_len", seq_len)
+    seq_len = positive_int("seq_len", seq_len)
     eod_token_id = check_token_id("eod_token_id", eod_token_id)
     pad_token_id = check_token_id("pad_token_id", pad_token_id)
     check_choice("algorithm", algorithm, BULK_ALGORITHMS)
     check_choice("long_documents", long_documents, LONG_DOCUMENTS)
     check_choice("shift", shift, SHIFTS)
     if num_packing_bins is not None:
-        num_packing_bins = check_positive("num_packing_bins", num_packing_bins)
+        num_packing_bins = positive_int("num_packing_bins", num_packing_bins)
         if algorithm in DECREASING:
             raise ValueError(
                 f"algorithm: {algorithm!r} sorts the whole corpus and needs num_packing_bins=None, "
@@ -181,10 +181,10 @@ def window_documents(
       An :class:`LLMIndexedBatch` of NumPy arrays: int32 [rows, seq_len] fields, int32
       [rows] indices, bool [rows, seq_len] borders (and the stats).
     """
-    seq_len = check_positive("seq_len", seq_len)
+    seq_len = positive_int("seq_len", seq_len)
     eod_token_id = check_token_id("eod_token_id", eod_token_id)
     pad_token_id = check_token_id("pad_token_id", pad_token_id)
-    multiple = 1 if batch_size is None else check_positive("batch_size", batch_size)
+    multiple = 1 if batch_size is None else positive_int("batch_size", batch_size)
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,

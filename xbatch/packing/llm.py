@@ -10,6 +10,7 @@ import grain
 import numpy as np
 
 from .. import kernels
+from .._checks import positive_int
 from .pieces import (
     LONG_DOCUMENTS,
     SHIFTS,
@@ -17,7 +18,6 @@ from .pieces import (
     as_lengths,
     as_tokens,
     check_choice,
-    check_positive,
     check_token_id,
     document_pieces,
     llm_fields,
@@ -112,8 +112,8 @@ class LLMPackIterDataset(grain.IterDataset):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed: expected an integer, got {seed!r}")
         self._options = _Options(
-            seq_len=check_positive("seq_len", seq_len),
-            num_packing_bins=check_positive("num_packing_bins", num_packing_bins),
+            seq_len=positive_int("seq_len", seq_len),
+            num_packing_bins=positive_int("num_packing_bins", num_packing_bins),
             eod_token_id=check_token_id("eod_token_id", eod_token_id),
             pad_token_id=check_token_id("pad_token_id", pad_token_id),
             algorithm=check_choice("algorithm", algorithm, kernels.ALGORITHMS),

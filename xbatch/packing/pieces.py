@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from .._checks import describe
 
 LONG_DOCUMENTS = ("split", "truncate", "error")
 SHIFTS = ("inputs", "targets")
@@ -59,12 +60,6 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def check_token_id(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
         _INT32.min <= value <= _INT32.max
@@ -73,21 +68,15 @@ def check_token_id(name: str, value: Any) -> int:
     return int(value)
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {value.shape} and dtype {value.dtype}"
-    return f"a {type(value).__name__}"
-
-
 def as_tokens(name: str, value: Any) -> np.ndarray:
     """``value`` as a 1-d int32 token array, or a TypeError/ValueError naming ``name``."""
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int32)  # an empty list has no integer dtype of its own
     if array.dtype.kind not in "iu":  # bools and floats are not token ids
-        raise TypeError(f"{name}: expected integer token ids, got {_describe(array)}")
+        raise TypeError(f"{name}: expected integer token ids, got {describe(array)}")
     if array.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-d array of token ids, got {_describe(array)}")
+        raise ValueError(f"{name}: expected a 1-d array of token ids, got {describe(array)}")
     if array.dtype.itemsize >= 4 and array.dtype != np.int32 and array.size:
         low, high = int(array.min()), int(array.max())
         if low < _INT32.min or high > _INT32.max:
@@ -101,9 +90,9 @@ def as_lengths(value: Any, num_tokens: int) -> np.ndarray:
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int64)
     if array.dtype.kind not in "iu":
-        raise TypeError(f"lengths: expected integer document lengths, got {_describe(array)}")
+        raise TypeError(f"lengths: expected integer document lengths, got {describe(array)}")
     if array.ndim != 1:
-        raise ValueError(f"lengths: expected a 1-d array of document lengths, got {_describe(array)}")
+        raise ValueError(f"lengths: expected a 1-d array of document lengths, got {describe(array)}")
     array = array.astype(np.int64, copy=False)
     if array.size and array.min() < 0:
         first = int(np.flatnonzero(array < 0)[0])
