@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import sys
 
-from xbatch import _backend, _kernels_numpy, cli
+from xbatch import _backend, _kernels_numpy, compare
 
 
 @contextlib.contextmanager
@@ -37,9 +37,9 @@ def measure(num_documents: int, repeats: int, backends: list[str]) -> dict[str, 
     rates: dict[str, dict[str, float]] = {}
     for backend in backends:
         with kernels_of(backend):
-            for label, corpus in cli.bench_corpora(num_documents).items():
+            for label, corpus in compare.bench_corpora(num_documents).items():
                 mean = corpus.num_tokens / corpus.num_documents
-                for result in cli.compare_with_grain(corpus, repeats=repeats):
+                for result in compare.compare_with_grain(corpus, repeats=repeats):
                     case = rates.setdefault(f"{result.case} ({label}, mean {mean:.0f})", {})
                     case[backend] = result.documents / result.xbatch_seconds
                     case["grain"] = max(case.get("grain", 0.0), result.documents / result.grain_seconds)

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import importlib.metadata
-import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,27 +28,17 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__, _backend
+from .compare import (
+    _in_process_read_options,
+    bench_corpora,
+    compare_with_grain,
+    format_comparisons,
+)
+from .corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
+from .packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
 
-# The built-in corpus: a 32,000-token vocabulary with the end-of-document token 1 and
-# padding 0; lognormal lengths like web text after tokenization: log-mean 5.9 gives a
-# median of ~365 tokens, a mean of ~600 and ~4 % of documents longer than a 2,048-token
-# row. The benchmark adds short documents (log-mean 4.0: mean ~90 tokens), where the
-# per-document cost dominates.
-SYNTHETIC_VOCAB_SIZE = 32_000
-SYNTHETIC_EOD = 1
-SYNTHETIC_LOG_SIGMA = 1.0
-LONG_LOG_MEAN = 5.9
-SHORT_LOG_MEAN = 4.0
 # Documents per ragged chunk handed to the streaming packer (one progress-bar step).
 CHUNK_DOCUMENTS = 4_096
-ALGORITHMS = ("first_fit", "best_fit", "first_fit_decreasing", "best_fit_decreasing")
-LONG_DOCUMENTS = ("split", "truncate", "error")
-SHIFTS = ("inputs", "targets")
-# Input formats by file suffix.
-NPZ_SUFFIXES = (".npz",)
-NPY_SUFFIXES = (".npy",)
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 ROW_FIELDS = (
     "targets", "inputs", "targets_segmentation", "inputs_segmentation",
     "targets_position", "inputs_position",
@@ -67,223 +54,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --- corpora --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-    """Tokenized documents back to back.
-
-    Attributes:
-      tokens: int[sum(lengths)], every document's token ids, one after the other.
-      lengths: int64[documents], tokens per document.
-      name: where the documents came from, for messages.
-    """
-
-    tokens: np.ndarray
-    lengths: np.ndarray
-    name: str
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def num_documents(self) -> int:
-        return int(self.lengths.shape[0])
-
-
-def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LONG_LOG_MEAN) -> Corpus:
-    """A deterministic corpus of ``num_documents`` documents with lognormal lengths
-    (tokens; ``log_mean`` and ``SYNTHETIC_LOG_SIGMA`` of the underlying normal).
-
-    Token ids are uniform in ``[2, SYNTHETIC_VOCAB_SIZE)``, so neither the padding id 0
-    nor the end-of-document id 1 occurs inside a document. Same seed, same corpus.
-    """
-    rng = np.random.default_rng(seed)
-    lengths = rng.lognormal(log_mean, SYNTHETIC_LOG_SIGMA, size=num_documents)
-    lengths = np.maximum(lengths, 1).astype(np.int64)
-    tokens = rng.integers(2, SYNTHETIC_VOCAB_SIZE, size=int(lengths.sum()), dtype=np.int32)
-    mean = f"mean {lengths.mean():.0f} tokens" if num_documents else "empty"
-    return Corpus(tokens, lengths, f"the built-in synthetic corpus (seed {seed}, {mean})")
-
-
-def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
-    """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly."""
-    for what, array in (("tokens", tokens), ("lengths", lengths)):
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise CommandError(
-                f"{name}: {what!r} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}"
-            )
-    lengths = lengths.astype(np.int64, copy=False)
-    if lengths.size and lengths.min() < 0:
-        raise CommandError(f"{name}: 'lengths' must be >= 0, got {lengths.min()}")
-    if int(lengths.sum()) != tokens.shape[0]:
-        raise CommandError(
-            f"{name}: 'lengths' sum to {int(lengths.sum())} tokens but 'tokens' holds {tokens.shape[0]}"
-        )
-    return Corpus(tokens, lengths, name)
-
-
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise CommandError(f"{path}: cannot read the {what} as a .npy array ({exc})") from None
-
-
-def read_npz(path: Path) -> Corpus:
-    """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in ("tokens", "lengths") if key not in archive.files]
-            if missing:
-                raise CommandError(
-                    f"{path}: expected arrays 'tokens' and 'lengths', found {sorted(archive.files)}"
-                )
-            tokens, lengths = archive["tokens"], archive["lengths"]
-    except (OSError, ValueError, EOFError) as exc:
-        raise CommandError(f"{path}: cannot read it as an .npz archive ({exc})") from None
-    return _checked_corpus(tokens, lengths, str(path))
-
-
-def read_npy(path: Path, lengths_path: Path | None) -> Corpus:
-    """A ``.npy`` of tokens (1-d) with the per-document lengths in a second ``.npy``."""
-    if lengths_path is None:
-        raise CommandError(
-            f"{path}: a .npy file holds only the tokens; give the document lengths with "
-            "--lengths LENGTHS.npy, or pack an .npz with arrays 'tokens' and 'lengths'"
-        )
-    return _checked_corpus(_load_npy(path, "tokens"), _load_npy(lengths_path, "lengths"), str(path))
-
-
-def _token_list(value: Any, field: str | None, where: str) -> list:
-    if isinstance(value, dict):
-        if field is None:
-            raise CommandError(
-                f"{where}: a JSON object; name its token-list field with --field (keys: {sorted(value)[:8]})"
-            )
-        if field not in value:
-            raise CommandError(f"{where}: no field {field!r} (keys: {sorted(value)[:8]})")
-        value = value[field]
-    if not isinstance(value, list) or not all(
-        isinstance(token, int) and not isinstance(token, bool) for token in value
-    ):
-        raise CommandError(f"{where}: expected a list of integer token ids, got {str(value)[:60]}")
-    return value
-
-
-def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
-    """JSON lines: one document per line, a list of token ids or an object with ``field``.
-
-    Blank lines are skipped; ``.gz`` files are decompressed on the fly.
-    """
-    token_chunks, lengths = [], []
-    pending: list[int] = []
-    try:
-        with open(path, "rb") as raw, progress(
-            total=path.stat().st_size, unit="B", unit_scale=True, desc="reading"
-        ) as bar:
-            lines = gzip.open(raw) if path.suffix == ".gz" else raw
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    value = json.loads(line)
-                except ValueError as exc:
-                    raise CommandError(f"{where}: not valid JSON ({exc})") from None
-                document = _token_list(value, field, where)
-                pending.extend(document)
-                lengths.append(len(document))
-                if len(pending) >= 1 << 20:  # bound the Python ints held at once
-                    token_chunks.append(np.array(pending, dtype=np.int64))
-                    pending = []
-                    bar.update(raw.tell() - bar.n)
-    except (OSError, EOFError) as exc:
-        raise CommandError(f"{path}: cannot read it ({exc})") from None
-    token_chunks.append(np.array(pending, dtype=np.int64))
-    tokens = np.concatenate(token_chunks)
-    return _checked_corpus(_fit_int32(tokens, path), np.array(lengths, dtype=np.int64), str(path))
-
-
-def _fit_int32(tokens: np.ndarray, path: Path) -> np.ndarray:
-    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
-        raise CommandError(f"{path}: token ids must be in [0, 2**31), got [{tokens.min()}, {tokens.max()}]")
-    return tokens.astype(np.int32)
-
-
-def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
-    """A Parquet column of integer lists (one document per row), read with pyarrow.
-
-    ``field`` names the column; by default the file's only list-of-integers column.
-    """
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CommandError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    try:
-        file = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise CommandError(f"{path}: cannot read it as Parquet ({exc})") from None
-    schema = file.schema_arrow
-
-    def is_token_list(data_type) -> bool:
-        return (pa.types.is_list(data_type) or pa.types.is_large_list(data_type)) and pa.types.is_integer(
-            data_type.value_type
-        )
-
-    candidates = [column.name for column in schema if is_token_list(column.type)]
-    if field is None:
-        if len(candidates) != 1:
-            raise CommandError(
-                f"{path}: name the token-list column with --field "
-                f"(list-of-integer columns: {candidates}, all columns: {schema.names})"
-            )
-        field = candidates[0]
-    elif field not in schema.names:
-        raise CommandError(f"{path}: no column {field!r} (columns: {schema.names})")
-    elif field not in candidates:
-        raise CommandError(
-            f"{path}: column {field!r} is {schema.field(field).type}, expected a list of integers"
-        )
-    token_chunks, length_chunks = [], []
-    try:
-        with progress(total=file.metadata.num_rows, unit="doc", unit_scale=True, desc="reading") as bar:
-            for batch in file.iter_batches(columns=[field], batch_size=65_536):
-                column = batch.column(0)
-                if column.null_count:
-                    raise CommandError(f"{path}: column {field!r} has {column.null_count} null rows")
-                length_chunks.append(pc.list_value_length(column).to_numpy().astype(np.int64))
-                token_chunks.append(column.flatten().to_numpy())
-                bar.update(len(column))
-    except (OSError, pa.ArrowException) as exc:
-        raise CommandError(f"{path}: cannot read column {field!r} ({exc})") from None
-    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
-    lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
-    return _checked_corpus(_fit_int32(tokens, path), lengths, str(path))
-
-
-def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
-                progress: Callable[..., Any]) -> Corpus:
-    """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet."""
-    if not path.is_file():
-        raise CommandError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith(NPZ_SUFFIXES):
-        return read_npz(path)
-    if name.endswith(NPY_SUFFIXES):
-        return read_npy(path, lengths_path)
-    if name.endswith(JSONL_SUFFIXES):
-        return read_jsonl(path, field, progress)
-    if name.endswith(PARQUET_SUFFIXES):
-        return read_parquet(path, field, progress)
-    suffixes = NPZ_SUFFIXES + NPY_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
-    raise CommandError(f"{path}: unknown corpus format; expected a file ending in one of {suffixes}")
 
 
 # --- progress -------------------------------------------------------------------------
@@ -383,13 +153,6 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
             if num_rows % 256 == 0:
                 bar.update(iterator.stats.documents - bar.n)
     return {name: field[:num_rows] for name, field in fields.items()}, iterator.stats
-
-
-def _in_process_read_options():
-    import grain
-
-    # grain's default prefetch thread adds ~160 us per element and would dominate.
-    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, width: int = 16) -> str:
@@ -503,151 +266,6 @@ def command_pack(args: argparse.Namespace, out) -> None:
 # --- xbatch bench ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """One benchmark case: packer self times in seconds for the same documents.
-
-    Self time is the pipeline's time minus the time of iterating its parent alone, so
-    that both sides are charged for packing only.
-    """
-
-    case: str
-    documents: int
-    grain_seconds: float
-    xbatch_seconds: float
-
-    @property
-    def speedup(self) -> float:
-        return self.grain_seconds / self.xbatch_seconds
-
-
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _drain(dataset) -> None:
-    for _ in dataset:
-        pass
-
-
-def _eod_pieces(corpus: Corpus, seq_len: int, eod: int) -> list[np.ndarray]:
-    """Each document with the EOD appended, split into ``seq_len``-token pieces: what a
-    grain pipeline must feed grain's packer to get xbatch's ``long_documents="split"``."""
-    pieces = []
-    for document in np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1]):
-        with_eod = np.append(document, np.int32(eod))
-        pieces.extend(with_eod[start:start + seq_len] for start in range(0, with_eod.shape[0], seq_len))
-    return pieces
-
-
-def _grain_llm_row(eod: int) -> Callable[[dict], dict]:
-    """The rename-and-shift map users chain after grain's packer to get the LLM layout."""
-
-    def to_llm_row(row: dict) -> dict:
-        targets = row["targets"]
-        inputs = np.concatenate([np.array([eod], targets.dtype), targets[:-1]])
-        return {
-            "inputs": inputs,
-            "targets": targets,
-            "inputs_position": row["targets_positions"],
-            "inputs_segmentation": row["targets_segment_ids"],
-            "targets_position": row["targets_positions"],
-            "targets_segmentation": row["targets_segment_ids"],
-        }
-
-    return to_llm_row
-
-
-def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 64,
-                       repeats: int = 3) -> list[Comparison]:
-    """Times xbatch's packers (on the active backend) against grain's on ``corpus``.
-
-    Cases: the drop-in ``FirstFitPackIterDataset`` on ``inputs`` + ``targets`` (documents
-    truncated to a row, as grain requires); and the LLM layout from documents one per
-    element, from ragged chunks of 1,000 documents, and in bulk, each against grain's
-    packer followed by the rename-and-shift map. grain gets its EOD-terminated pieces
-    precomputed, outside the timing.
-    """
-    import grain
-
-    from . import packing
-
-    eod = SYNTHETIC_EOD
-    options = _in_process_read_options()
-
-    def source(items: Sequence[Any]):
-        return grain.MapDataset.source(items).to_iter_dataset(options)
-
-    def self_seconds(pipeline: Callable[[], Any], items: Sequence[Any]) -> float:
-        parent = _median_seconds(lambda: _drain(source(items)), repeats)
-        return max(_median_seconds(pipeline, repeats) - parent, 1e-9)
-
-    documents = np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1])
-    n = corpus.num_documents
-    pairs = [{"inputs": d[:seq_len], "targets": d[:seq_len]} for d in documents]
-    length_struct = {"inputs": seq_len, "targets": seq_len}
-    results = [
-        Comparison(
-            "drop-in FirstFitPackIterDataset, 2 features",
-            n,
-            self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
-                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
-            self_seconds(lambda: _drain(packing.FirstFitPackIterDataset(
-                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
-        )
-    ]
-    pieces = [{"targets": piece} for piece in _eod_pieces(corpus, seq_len, eod)]
-    grain_llm = self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
-        source(pieces), length_struct={"targets": seq_len}, num_packing_bins=num_bins, shuffle_bins=False,
-    ).map(_grain_llm_row(eod))), pieces)
-    llm_options = {"seq_len": seq_len, "num_packing_bins": num_bins, "eod_token_id": eod}
-    offsets = np.concatenate([[0], np.cumsum(corpus.lengths)])
-    chunks = [
-        {"tokens": corpus.tokens[offsets[i]:offsets[min(i + 1000, n)]], "lengths": corpus.lengths[i:i + 1000]}
-        for i in range(0, n, 1000)
-    ]
-    results += [
-        Comparison(
-            "LLM rows, one document per element", n, grain_llm,
-            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(documents), **llm_options)), documents),
-        ),
-        Comparison(
-            "LLM rows, ragged chunks of 1,000 documents", n, grain_llm,
-            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(chunks), **llm_options)), chunks),
-        ),
-        Comparison(
-            "LLM rows, bulk pack_documents", n, grain_llm,
-            _median_seconds(lambda: packing.pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
-        ),
-    ]
-    return results
-
-
-def format_comparisons(results: Sequence[Comparison]) -> str:
-    """A table of documents/s for grain and xbatch and the speed-up, one case per line."""
-    width = max(len(result.case) for result in results)
-    lines = [f"{'case':<{width}}  {'grain docs/s':>13}  {'xbatch docs/s':>13}  {'speed-up':>8}"]
-    for result in results:
-        lines.append(
-            f"{result.case:<{width}}  {result.documents / result.grain_seconds:>13,.0f}  "
-            f"{result.documents / result.xbatch_seconds:>13,.0f}  {result.speedup:>7.1f}x"
-        )
-    return "\n".join(lines)
-
-
-def bench_corpora(num_documents: int) -> dict[str, Corpus]:
-    """The benchmark's corpora by label: short (mean ~90 tokens) and long (mean ~600) documents."""
-    return {
-        "short docs": synthetic_corpus(num_documents, log_mean=SHORT_LOG_MEAN),
-        "long docs": synthetic_corpus(num_documents, log_mean=LONG_LOG_MEAN),
-    }
-
-
 def command_bench(args: argparse.Namespace, out) -> None:
     num_documents = 2_000 if args.quick else args.num_documents
     repeats = 1 if args.quick else args.repeats
@@ -747,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per row (default 2048)")
     pack.add_argument("--bins", type=_bins, default=64,
                       help="packing bins per window, or 'all' for one window over the corpus (default 64)")
-    pack.add_argument("--algorithm", choices=ALGORITHMS, default="first_fit",
+    pack.add_argument("--algorithm", choices=BULK_ALGORITHMS, default="first_fit",
                       help="placement; the *_decreasing ones need --bins all (default first_fit)")
     pack.add_argument("--eod", type=_token_id, default=None,
                       help=f"end-of-document token id; required with CORPUS ({SYNTHETIC_EOD} for the built-in one)")

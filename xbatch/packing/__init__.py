@@ -1,15 +1,29 @@
-"""Packers built on the kernels: grain drop-ins, the LLM packer and bulk packing."""
+"""Packers built on the kernels: grain drop-ins, the LLM packer and bulk packing.
 
-from .bulk import pack_documents, window_documents
-from .grain_packers import BestFitPackIterDataset, FirstFitPackIterDataset
-from .llm import LLMPackIterDataset
-from .stats import PackingStats
+Names load on first use, so ``xbatch.packing.pieces`` (NumPy only) needs neither grain
+nor JAX, and bulk packing needs no grain.
+"""
 
-__all__ = [
-    "BestFitPackIterDataset",
-    "FirstFitPackIterDataset",
-    "LLMPackIterDataset",
-    "PackingStats",
-    "pack_documents",
-    "window_documents",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "BestFitPackIterDataset": "grain_packers",
+    "FirstFitPackIterDataset": "grain_packers",
+    "LLMPackIterDataset": "llm",
+    "PackingStats": "stats",
+    "pack_documents": "bulk",
+    "window_documents": "bulk",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module 'xbatch.packing' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

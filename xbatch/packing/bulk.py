@@ -15,6 +15,8 @@ from .. import kernels
 from .._checks import positive_int
 from ..batch import LLMBatch, LLMIndexedBatch
 from .pieces import (
+    BULK_ALGORITHMS,
+    DECREASING,
     LONG_DOCUMENTS,
     SHIFTS,
     as_lengths,
@@ -26,9 +28,6 @@ from .pieces import (
     place_until_full,
 )
 from .stats import PackingStats
-
-DECREASING = {"first_fit_decreasing": "first_fit", "best_fit_decreasing": "best_fit"}
-BULK_ALGORITHMS = (*kernels.ALGORITHMS, *DECREASING)
 
 
 def pack_documents(

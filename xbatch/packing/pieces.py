@@ -24,6 +24,9 @@ from .. import kernels
 from .._checks import describe
 
 LONG_DOCUMENTS = ("split", "truncate", "error")
+# Whole-corpus placement, longest piece first, with the online rule it then applies.
+DECREASING = {"first_fit_decreasing": "first_fit", "best_fit_decreasing": "best_fit"}
+BULK_ALGORITHMS = (*kernels.ALGORITHMS, *DECREASING)
 SHIFTS = ("inputs", "targets")
 _INT32 = np.iinfo(np.int32)
 

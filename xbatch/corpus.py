@@ -1,0 +1,252 @@
+"""Tokenized corpora for the ``xbatch`` command: the built-in synthetic corpus and readers.
+
+Formats: ``.npz`` (arrays ``tokens`` and ``lengths``), ``.npy`` tokens with a ``.npy`` of
+lengths beside, JSONL (one token list per line, or a named field; gzip allowed) and
+Parquet (a list-of-int column, via pyarrow). Every reader returns a :class:`Corpus`:
+documents back to back, no Python object per document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The built-in corpus: a 32,000-token vocabulary with the end-of-document token 1 and
+# padding 0; lognormal lengths like web text after tokenization: log-mean 5.9 gives a
+# median of ~365 tokens, a mean of ~600 and ~4 % of documents longer than a 2,048-token
+# row. The benchmark adds short documents (log-mean 4.0: mean ~90 tokens), where the
+# per-document cost dominates.
+SYNTHETIC_VOCAB_SIZE = 32_000
+SYNTHETIC_EOD = 1
+SYNTHETIC_LOG_SIGMA = 1.0
+LONG_LOG_MEAN = 5.9
+SHORT_LOG_MEAN = 4.0
+# Input formats by file suffix.
+NPZ_SUFFIXES = (".npz",)
+NPY_SUFFIXES = (".npy",)
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be read, or whose arrays do not describe documents."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """Tokenized documents back to back.
+
+    Attributes:
+      tokens: int[sum(lengths)], every document's token ids, one after the other.
+      lengths: int64[documents], tokens per document.
+      name: where the documents came from, for messages.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    name: str
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LONG_LOG_MEAN) -> Corpus:
+    """A deterministic corpus of ``num_documents`` documents with lognormal lengths
+    (tokens; ``log_mean`` and ``SYNTHETIC_LOG_SIGMA`` of the underlying normal).
+
+    Token ids are uniform in ``[2, SYNTHETIC_VOCAB_SIZE)``, so neither the padding id 0
+    nor the end-of-document id 1 occurs inside a document. Same seed, same corpus.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(log_mean, SYNTHETIC_LOG_SIGMA, size=num_documents)
+    lengths = np.maximum(lengths, 1).astype(np.int64)
+    tokens = rng.integers(2, SYNTHETIC_VOCAB_SIZE, size=int(lengths.sum()), dtype=np.int32)
+    mean = f"mean {lengths.mean():.0f} tokens" if num_documents else "empty"
+    return Corpus(tokens, lengths, f"the built-in synthetic corpus (seed {seed}, {mean})")
+
+
+def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
+    """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly."""
+    for what, array in (("tokens", tokens), ("lengths", lengths)):
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise CorpusError(
+                f"{name}: {what!r} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}"
+            )
+    lengths = lengths.astype(np.int64, copy=False)
+    if lengths.size and lengths.min() < 0:
+        raise CorpusError(f"{name}: 'lengths' must be >= 0, got {lengths.min()}")
+    if int(lengths.sum()) != tokens.shape[0]:
+        raise CorpusError(
+            f"{name}: 'lengths' sum to {int(lengths.sum())} tokens but 'tokens' holds {tokens.shape[0]}"
+        )
+    return Corpus(tokens, lengths, name)
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorpusError(f"{path}: cannot read the {what} as a .npy array ({exc})") from None
+
+
+def read_npz(path: Path) -> Corpus:
+    """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("tokens", "lengths") if key not in archive.files]
+            if missing:
+                raise CorpusError(
+                    f"{path}: expected arrays 'tokens' and 'lengths', found {sorted(archive.files)}"
+                )
+            tokens, lengths = archive["tokens"], archive["lengths"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorpusError(f"{path}: cannot read it as an .npz archive ({exc})") from None
+    return _checked_corpus(tokens, lengths, str(path))
+
+
+def read_npy(path: Path, lengths_path: Path | None) -> Corpus:
+    """A ``.npy`` of tokens (1-d) with the per-document lengths in a second ``.npy``."""
+    if lengths_path is None:
+        raise CorpusError(
+            f"{path}: a .npy file holds only the tokens; give the document lengths with "
+            "--lengths LENGTHS.npy, or pack an .npz with arrays 'tokens' and 'lengths'"
+        )
+    return _checked_corpus(_load_npy(path, "tokens"), _load_npy(lengths_path, "lengths"), str(path))
+
+
+def _token_list(value: Any, field: str | None, where: str) -> list:
+    if isinstance(value, dict):
+        if field is None:
+            raise CorpusError(
+                f"{where}: a JSON object; name its token-list field with --field (keys: {sorted(value)[:8]})"
+            )
+        if field not in value:
+            raise CorpusError(f"{where}: no field {field!r} (keys: {sorted(value)[:8]})")
+        value = value[field]
+    if not isinstance(value, list) or not all(
+        isinstance(token, int) and not isinstance(token, bool) for token in value
+    ):
+        raise CorpusError(f"{where}: expected a list of integer token ids, got {str(value)[:60]}")
+    return value
+
+
+def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+    """JSON lines: one document per line, a list of token ids or an object with ``field``.
+
+    Blank lines are skipped; ``.gz`` files are decompressed on the fly.
+    """
+    token_chunks, lengths = [], []
+    pending: list[int] = []
+    try:
+        with open(path, "rb") as raw, progress(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc="reading"
+        ) as bar:
+            lines = gzip.open(raw) if path.suffix == ".gz" else raw
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    value = json.loads(line)
+                except ValueError as exc:
+                    raise CorpusError(f"{where}: not valid JSON ({exc})") from None
+                document = _token_list(value, field, where)
+                pending.extend(document)
+                lengths.append(len(document))
+                if len(pending) >= 1 << 20:  # bound the Python ints held at once
+                    token_chunks.append(np.array(pending, dtype=np.int64))
+                    pending = []
+                    bar.update(raw.tell() - bar.n)
+    except (OSError, EOFError) as exc:
+        raise CorpusError(f"{path}: cannot read it ({exc})") from None
+    token_chunks.append(np.array(pending, dtype=np.int64))
+    tokens = np.concatenate(token_chunks)
+    return _checked_corpus(_fit_int32(tokens, path), np.array(lengths, dtype=np.int64), str(path))
+
+
+def _fit_int32(tokens: np.ndarray, path: Path) -> np.ndarray:
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
+        raise CorpusError(f"{path}: token ids must be in [0, 2**31), got [{tokens.min()}, {tokens.max()}]")
+    return tokens.astype(np.int32)
+
+
+def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+    """A Parquet column of integer lists (one document per row), read with pyarrow.
+
+    ``field`` names the column; by default the file's only list-of-integers column.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorpusError(f"{path}: cannot read it as Parquet ({exc})") from None
+    schema = file.schema_arrow
+
+    def is_token_list(data_type) -> bool:
+        return (pa.types.is_list(data_type) or pa.types.is_large_list(data_type)) and pa.types.is_integer(
+            data_type.value_type
+        )
+
+    candidates = [column.name for column in schema if is_token_list(column.type)]
+    if field is None:
+        if len(candidates) != 1:
+            raise CorpusError(
+                f"{path}: name the token-list column with --field "
+                f"(list-of-integer columns: {candidates}, all columns: {schema.names})"
+            )
+        field = candidates[0]
+    elif field not in schema.names:
+        raise CorpusError(f"{path}: no column {field!r} (columns: {schema.names})")
+    elif field not in candidates:
+        raise CorpusError(
+            f"{path}: column {field!r} is {schema.field(field).type}, expected a list of integers"
+        )
+    token_chunks, length_chunks = [], []
+    try:
+        with progress(total=file.metadata.num_rows, unit="doc", unit_scale=True, desc="reading") as bar:
+            for batch in file.iter_batches(columns=[field], batch_size=65_536):
+                column = batch.column(0)
+                if column.null_count:
+                    raise CorpusError(f"{path}: column {field!r} has {column.null_count} null rows")
+                length_chunks.append(pc.list_value_length(column).to_numpy().astype(np.int64))
+                token_chunks.append(column.flatten().to_numpy())
+                bar.update(len(column))
+    except (OSError, pa.ArrowException) as exc:
+        raise CorpusError(f"{path}: cannot read column {field!r} ({exc})") from None
+    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
+    lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+    return _checked_corpus(_fit_int32(tokens, path), lengths, str(path))
+
+
+def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
+                progress: Callable[..., Any]) -> Corpus:
+    """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet."""
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(NPZ_SUFFIXES):
+        return read_npz(path)
+    if name.endswith(NPY_SUFFIXES):
+        return read_npy(path, lengths_path)
+    if name.endswith(JSONL_SUFFIXES):
+        return read_jsonl(path, field, progress)
+    if name.endswith(PARQUET_SUFFIXES):
+        return read_parquet(path, field, progress)
+    suffixes = NPZ_SUFFIXES + NPY_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+    raise CorpusError(f"{path}: unknown corpus format; expected a file ending in one of {suffixes}")
