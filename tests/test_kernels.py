@@ -485,3 +485,60 @@ def test_backends_agree_with_4096_bins(algorithm, num_features):
     assert results[0][0] == results[1][0] > 4096  # several items per bin on average
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+# ---------------------------------------------------------------------------------------
+# Robustness: whatever the arguments, a kernel succeeds or raises a documented error.
+
+_small_ints = st.integers(-3, 12)
+_arrays = st.one_of(
+    st.lists(_small_ints, max_size=8).map(lambda v: np.array(v, dtype=np.int64)),
+    st.lists(_small_ints, max_size=8).map(lambda v: np.array(v, dtype=np.int32)),
+    st.lists(st.floats(-2, 9, allow_nan=False), max_size=4).map(np.array),
+    st.lists(st.lists(_small_ints, min_size=2, max_size=2), max_size=4).map(lambda v: np.array(v, dtype=np.int64)),
+    st.just(np.zeros((0,), np.int64)),
+)
+
+
+@SETTINGS
+@given(
+    values=_arrays,
+    lengths=_arrays,
+    bins=_arrays,
+    shape=st.tuples(st.integers(0, 3), st.integers(0, 6)),
+    alignment=st.integers(-1, 3),
+    as_items=st.booleans(),
+    dtype=st.sampled_from([np.int32, np.int64, np.float32]),
+)
+def test_row_writers_never_crash(backend, values, lengths, bins, shape, alignment, as_items, dtype):
+    out = np.zeros(shape, dtype=dtype)
+    seg = np.zeros(shape, dtype=np.int32)
+    if as_items and lengths.ndim == 1 and lengths.dtype.kind == "i":
+        values = [values[: max(int(n), 0)] for n in lengths]
+    for call in (
+        lambda: kernels.scatter_rows(values, lengths, bins, out, alignment=alignment),
+        lambda: kernels.pack_rows(lengths, bins, seg, seg.copy(), alignment=alignment),
+    ):
+        try:
+            call()
+        except (ValueError, TypeError):
+            pass
+
+
+@SETTINGS
+@given(
+    capacities=st.lists(st.integers(1, 6), min_size=1, max_size=2),
+    lengths=st.lists(st.lists(st.integers(-2, 8), min_size=1, max_size=3), max_size=10),
+    num_bins=st.integers(1, 5),
+    max_items=st.one_of(st.none(), st.integers(1, 3)),
+    algorithm=st.sampled_from(kernels.ALGORITHMS),
+)
+def test_bin_packer_never_crashes(backend, capacities, lengths, num_bins, max_items, algorithm):
+    packer = kernels.BinPacker(capacities, num_bins=num_bins, max_items_per_bin=max_items, algorithm=algorithm)
+    for item in lengths:
+        try:
+            placed = packer.place_one(item)
+        except ValueError:
+            continue
+        assert -1 <= placed < num_bins
+    assert np.all(packer.used[:, packer.counts == 0] == 0)
