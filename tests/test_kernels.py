@@ -459,6 +459,21 @@ def test_shifts(backend, dtype, length):
     expected_left = np.concatenate([rows[:, 1:], np.full((3, 1), 7, dtype)], axis=1)[:, -length:] if length else rows
     np.testing.assert_array_equal(right, expected_right)
     np.testing.assert_array_equal(left, expected_left)
+    out = garbage(rows.shape, dtype)
+    assert kernels.shift_right(rows, 7, out=out) is out
+    np.testing.assert_array_equal(out, expected_right)
+    assert kernels.shift_left(rows, 7, out=out) is out
+    np.testing.assert_array_equal(out, expected_left)
+
+
+def test_shift_out_is_checked(backend):
+    rows = np.zeros((2, 3), dtype=np.int32)
+    with pytest.raises(ValueError, match="out"):
+        kernels.shift_right(rows, 0, out=np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="out"):
+        kernels.shift_left(rows, 0, out=np.zeros((3, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.shift_left(rows, 0, out=rows)
 
 
 def test_shift_fill_must_fit_the_dtype(backend):

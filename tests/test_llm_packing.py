@@ -400,3 +400,21 @@ def test_window_documents_rebuild_every_document(backend, lengths, seq_len, batc
         np.testing.assert_array_equal(batch.inputs[mine][valid], [E] + list(doc))
         np.testing.assert_array_equal(batch.inputs_position[mine][valid], np.arange(len(doc) + 1))
     assert np.all(batch.inputs_segmentation[batch.document_idx == 0] == 0)
+
+
+@pytest.mark.parametrize("shift", ["inputs", "targets"])
+def test_recycled_window_arrays_spare_held_rows(backend, shift):
+    """Rows dropped as they arrive let windows reuse arrays; rows kept stay intact."""
+    docs = _random_docs(np.random.default_rng(5), 400, 30)
+    kwargs = dict(seq_len=16, num_packing_bins=3, shift=shift, shuffle_bins=True, seed=2)
+    expected = list(_stream(docs, **kwargs))  # every row held: nothing is recycled
+    copied, kept = [], []
+    for i, row in enumerate(_stream(docs, **kwargs)):
+        copied.append({name: value.copy() for name, value in row.items()})
+        if i % 7 == 0:
+            kept.append((i, row))
+    assert len(copied) == len(expected) > 100
+    for mine, reference in zip(copied, expected):
+        _assert_rows_equal(mine, reference)
+    for i, row in kept:
+        _assert_rows_equal(row, expected[i])

@@ -7,7 +7,7 @@ every index they write so that no input can take them out of bounds.
 """
 
 from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from libcpp.pair cimport pair
 from libcpp.set cimport set as cpp_set
 from libcpp.vector cimport vector
@@ -488,31 +488,31 @@ def document_borders(const token_t[:, ::1] segmentation):
     return borders
 
 
-def shift_right(const token_t[:, ::1] rows, token_t fill):
-    """[B, L] rows moved one cell right along L; column 0 becomes ``fill``."""
+def shift_right(const token_t[:, ::1] rows, token_t fill, token_t[:, ::1] out):
+    """``out`` [B, L] := ``rows`` moved one cell right along L, ``fill`` in column 0."""
     cdef Py_ssize_t n = rows.shape[0], length = rows.shape[1], r
-    shifted = np.empty((n, length), dtype=np.asarray(rows).dtype)
-    cdef token_t[:, ::1] out = shifted
+    if out.shape[0] != n or out.shape[1] != length:
+        raise ValueError("out: expected the shape of rows")
     if length == 0:
-        return shifted
+        return np.asarray(out)
     with nogil:
         for r in range(n):
             out[r, 0] = fill
             if length > 1:
-                memcpy(&out[r, 1], &rows[r, 0], (length - 1) * sizeof(token_t))
-    return shifted
+                memmove(&out[r, 1], &rows[r, 0], (length - 1) * sizeof(token_t))
+    return np.asarray(out)
 
 
-def shift_left(const token_t[:, ::1] rows, token_t fill):
-    """[B, L] rows moved one cell left along L; the last column becomes ``fill``."""
+def shift_left(const token_t[:, ::1] rows, token_t fill, token_t[:, ::1] out):
+    """``out`` [B, L] := ``rows`` moved one cell left along L, ``fill`` in the last column."""
     cdef Py_ssize_t n = rows.shape[0], length = rows.shape[1], r
-    shifted = np.empty((n, length), dtype=np.asarray(rows).dtype)
-    cdef token_t[:, ::1] out = shifted
+    if out.shape[0] != n or out.shape[1] != length:
+        raise ValueError("out: expected the shape of rows")
     if length == 0:
-        return shifted
+        return np.asarray(out)
     with nogil:
         for r in range(n):
             if length > 1:
-                memcpy(&out[r, 0], &rows[r, 1], (length - 1) * sizeof(token_t))
+                memmove(&out[r, 0], &rows[r, 1], (length - 1) * sizeof(token_t))
             out[r, length - 1] = fill
-    return shifted
+    return np.asarray(out)

@@ -240,17 +240,15 @@ def document_borders(segmentation: np.ndarray) -> np.ndarray:
     return borders
 
 
-def shift_right(rows: np.ndarray, fill) -> np.ndarray:
-    """[B, L] rows moved one cell right along L; column 0 becomes ``fill``."""
-    out = np.empty_like(rows)
+def shift_right(rows: np.ndarray, fill, out: np.ndarray) -> np.ndarray:
+    """``out`` [B, L] := ``rows`` moved one cell right along L, ``fill`` in column 0."""
     out[:, 1:] = rows[:, :-1]
     out[:, :1] = fill
     return out
 
 
-def shift_left(rows: np.ndarray, fill) -> np.ndarray:
-    """[B, L] rows moved one cell left along L; the last column becomes ``fill``."""
-    out = np.empty_like(rows)
+def shift_left(rows: np.ndarray, fill, out: np.ndarray) -> np.ndarray:
+    """``out`` [B, L] := ``rows`` moved one cell left along L, ``fill`` in the last column."""
     out[:, :-1] = rows[:, 1:]
     out[:, -1:] = fill
     return out

@@ -278,13 +278,42 @@ def _fill_scalar(name: str, fill: Any, dtype: np.dtype):
     return value.astype(dtype)[()]
 
 
-def shift_right(rows: Any, fill: Any = 0) -> np.ndarray:
-    """A new [B, L] array: each row moved one cell right; column 0 holds ``fill``."""
+def _shift(rows: Any, fill: Any, out: np.ndarray | None, direction: str) -> np.ndarray:
     array, impl = _token_rows("rows", rows)
-    return impl.shift_right(array, _fill_scalar("fill", fill, array.dtype))
+    if out is None:
+        out = np.empty_like(array)
+    elif not (
+        isinstance(out, np.ndarray)
+        and out.shape == array.shape
+        and out.dtype == array.dtype
+        and out.flags.writeable
+    ):
+        raise ValueError(
+            f"out: expected a writeable array of shape {array.shape} and dtype {array.dtype}, "
+            f"got {describe(out)}"
+        )
+    elif np.shares_memory(out, array):
+        raise ValueError("out: must not overlap rows")
+    if impl is not _kernels_numpy and not out.flags.c_contiguous:
+        impl = _kernels_numpy
+    shift = impl.shift_right if direction == "right" else impl.shift_left
+    shift(array, _fill_scalar("fill", fill, array.dtype), out)
+    return out
 
 
-def shift_left(rows: Any, fill: Any = 0) -> np.ndarray:
-    """A new [B, L] array: each row moved one cell left; the last column holds ``fill``."""
-    array, impl = _token_rows("rows", rows)
-    return impl.shift_left(array, _fill_scalar("fill", fill, array.dtype))
+def shift_right(rows: Any, fill: Any = 0, *, out: np.ndarray | None = None) -> np.ndarray:
+    """[B, L] rows moved one cell right along L, ``fill`` in column 0.
+
+    Written into ``out`` (same shape and dtype, not overlapping ``rows``) if given, else
+    into a new array; returns it.
+    """
+    return _shift(rows, fill, out, "right")
+
+
+def shift_left(rows: Any, fill: Any = 0, *, out: np.ndarray | None = None) -> np.ndarray:
+    """[B, L] rows moved one cell left along L, ``fill`` in the last column.
+
+    Written into ``out`` (same shape and dtype, not overlapping ``rows``) if given, else
+    into a new array; returns it.
+    """
+    return _shift(rows, fill, out, "left")

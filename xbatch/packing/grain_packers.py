@@ -15,7 +15,6 @@ bins are emitted as rows (shuffled if asked) and a new window starts with that e
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 from jax import tree_util
 
 from .. import kernels
+from .buffers import BufferPool
 from .stats import PackingStats
 
 __all__ = ["BestFitPackIterDataset", "FirstFitPackIterDataset"]
@@ -129,46 +129,6 @@ class _Layout:
         )
 
 
-def _references_when_unused() -> int:
-    """``sys.getrefcount`` of an array held only by a list (differs across Pythons)."""
-    held = [np.empty(0)]
-    return sys.getrefcount(held[0])
-
-
-class _BufferPool:
-    """Recycles the arrays of finished windows once no emitted row refers to them.
-
-    Emitted rows are views that keep their window's arrays alive; an array whose only
-    reference is this pool is unused and can be rewritten (the kernels write every cell),
-    while a fresh multi-MiB array costs a page fault per 4 KiB on first touch. Holds the arrays of at most ``max_windows`` windows.
-    """
-
-    _UNUSED = _references_when_unused()
-
-    def __init__(self, max_windows: int = 3):
-        self._windows: list[list[np.ndarray]] = []
-        self._max_windows = max_windows
-
-    def release(self, arrays: list[np.ndarray]) -> None:
-        """Offers a finished window's arrays for reuse."""
-        self._windows.append(arrays)
-        del self._windows[: -self._max_windows]
-
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` with undefined contents (a reused one if
-        possible): the kernels write every cell."""
-        dtype = np.dtype(dtype)
-        for arrays in self._windows:
-            for i in range(len(arrays)):
-                if (
-                    arrays[i].shape == shape
-                    and arrays[i].dtype == dtype
-                    and sys.getrefcount(arrays[i]) == self._UNUSED
-                ):
-                    return arrays.pop(i)
-        return np.empty(shape, dtype)
-
-
 class _PackedWindow:
     """One window's rows, built at once from the elements placed into its bins.
 
@@ -181,7 +141,7 @@ class _PackedWindow:
     """
 
     def __init__(
-        self, layout: _Layout, items: list, lengths: list, bins: list, rows: int, pool: _BufferPool
+        self, layout: _Layout, items: list, lengths: list, bins: list, rows: int, pool: BufferPool
     ):
         bins_array = np.array(bins, dtype=np.int64)
         lengths_array = np.array(lengths, dtype=np.int64).reshape(len(items), -1)
@@ -237,7 +197,7 @@ class _PackedWindow:
         ).astype(np.int64)
 
     @staticmethod
-    def _new_buffer(pool: _BufferPool, first: Any, rows: int, capacity: int) -> np.ndarray:
+    def _new_buffer(pool: BufferPool, first: Any, rows: int, capacity: int) -> np.ndarray:
         """[rows, capacity, ...] to be written whole; dtype and trailing shape from the
         window's first element (grain's rule: a Python int is int64)."""
         if np.ndim(first) == 0:
@@ -303,7 +263,7 @@ class _PackDatasetIterator(grain.DatasetIterator):
             algorithm=self._algorithm,
         )
         self._finished_windows_stats = PackingStats()
-        self._pool = _BufferPool()
+        self._pool = BufferPool()
         self._counter = 0  # rows emitted so far, all windows; seeds the shuffle
         self._restart(self._parent.get_state(), 0, next_row=0)
 

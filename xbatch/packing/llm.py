@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import kernels
 from .._checks import positive_int
+from .buffers import BufferPool
 from .pieces import (
     LONG_DOCUMENTS,
     SHIFTS,
@@ -20,15 +21,10 @@ from .pieces import (
     check_choice,
     check_token_id,
     document_pieces,
-    llm_fields,
-    pack_pieces,
+    lay_out_rows,
     place_until_full,
 )
 from .stats import PackingStats
-
-# Rows are copied out of the window buffers this many at a time: few enough to stay in
-# the CPU cache and in reused heap memory, enough to amortize the kernel calls.
-_BLOCK_ROWS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +180,9 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
     (rows emitted from the window and in total) and ``stats``. Restoring replays the
     window from there and skips the rows already emitted.
 
-    A closed window is packed into reused buffers; its rows are handed out in blocks of
-    up to ``_BLOCK_ROWS`` rows copied from them, so rows a consumer keeps never change.
+    A closed window is laid out into six arrays from a :class:`BufferPool`; its rows are
+    views of them. The pool recycles a window's arrays only once no row of it is held
+    any more, so rows a consumer keeps never change.
     """
 
     def __init__(self, parent: grain.DatasetIterator, options: _Options):
@@ -196,7 +193,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._next_row = 0
         self._counter = 0
         self._totals = PackingStats()
-        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # packed, segmentation, positions
+        self._pool = BufferPool()
         self._start_window(self._parent.get_state(), 0)
 
     @property
@@ -214,7 +211,6 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._element_bins = np.empty(0, dtype=np.int64)
         self._cursor = piece  # next piece of self._element to place
         self._num_rows = 0  # rows of the closed window being emitted; 0 while packing
-        self._block: list[dict[str, np.ndarray]] = []  # the next rows to emit, in order
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -234,10 +230,9 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
     def __next__(self) -> dict[str, np.ndarray]:
         if not self._num_rows:
             self._pack_window()
-        if not self._block:
-            self._block = self._copy_block()
-        element = self._block.pop()
-        totals, row_stats = self._totals, self._row_stats[self._order[self._next_row]]
+        row = self._order[self._next_row]
+        element = {name: field[row] for name, field in self._fields.items()}
+        totals, row_stats = self._totals, self._row_stats[row]
         totals.rows += 1
         totals.capacity += self._options.seq_len
         totals.tokens += row_stats[0]
@@ -248,20 +243,12 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:
+            self._pool.release(list(self._fields.values()))
+            self._fields = {}
             self._next_row = 0
             self._num_rows = 0
             self._window_start = self._next_window_start
         return element
-
-    def _copy_block(self) -> list[dict[str, np.ndarray]]:
-        """The next rows to emit, copied out of the window buffers, last row first."""
-        options = self._options
-        rows = self._order[self._next_row:self._next_row + _BLOCK_ROWS]
-        packed, segmentation, positions = (buffer[rows] for buffer in self._buffers)
-        fields = llm_fields(packed, segmentation, positions, eod_token_id=options.eod_token_id,
-                            pad_token_id=options.pad_token_id, shift=options.shift)
-        names, values = list(fields), list(fields.values())
-        return [dict(zip(names, row)) for row in zip(*values)][::-1]
 
     def _pack_window(self) -> None:
         """Places pieces until the window is full or the parent ends; lays out its rows."""
@@ -319,11 +306,11 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         options = self._options
         tokens, lengths, bins, starts_document, starts_split, truncated = self._window.columns()
         num_rows = self._packer.num_used_bins
-        if self._buffers is None:
-            shape = (options.num_packing_bins, options.seq_len)
-            self._buffers = tuple(np.empty(shape, dtype=np.int32) for _ in range(3))
-        packed, segmentation, positions = (buffer[:num_rows] for buffer in self._buffers)
-        pack_pieces(tokens, lengths, bins, packed, segmentation, positions, pad_token_id=options.pad_token_id)
+        self._fields = lay_out_rows(
+            tokens, lengths, bins, num_rows=num_rows, seq_len=options.seq_len,
+            eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
+            shift=options.shift, empty=self._pool.empty,
+        )
         # Per row: tokens, pieces, documents, split documents, truncated tokens.
         columns = (lengths, None, starts_document, starts_split, truncated)
         self._row_stats = np.stack(
@@ -331,11 +318,10 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         ).astype(np.int64).tolist()
         if options.shuffle_bins:
             seed = options.seed + self._counter - self._next_row
-            self._order = np.random.default_rng(seed).permuted(range(num_rows))
+            self._order = np.random.default_rng(seed).permuted(range(num_rows)).tolist()
         else:
-            self._order = np.arange(num_rows)
+            self._order = range(num_rows)
         self._num_rows = num_rows
-        self._block = []
         self._next_window_start = {"parent": next_parent_state, "piece": next_piece}
         self._packer.reset()
         self._window = _Window(options.eod_token_id)

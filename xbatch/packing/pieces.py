@@ -16,6 +16,7 @@ Token id 0 is a token like any other: lengths always come from the caller's arra
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -166,18 +167,22 @@ def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_docum
 
 
 def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, num_rows: int,
-                 seq_len: int, eod_token_id: int, pad_token_id: int, shift: str) -> dict[str, np.ndarray]:
+                 seq_len: int, eod_token_id: int, pad_token_id: int, shift: str,
+                 empty: Callable[..., np.ndarray] = np.empty) -> dict[str, np.ndarray]:
     """The six LLM fields, int32 [num_rows, seq_len], of placed pieces (see :func:`llm_fields`).
 
     Args:
       tokens: int32[sum(lengths)], the pieces' tokens back to back in placement order.
       lengths: int64[n], tokens per piece.
       bins: int64[n], each piece's row.
+      empty: ``empty(shape, dtype)`` gives each field's array, e.g. a
+        :class:`~xbatch.packing.buffers.BufferPool`'s; every cell is written.
     """
-    packed, segmentation, positions = (np.empty((num_rows, seq_len), dtype=np.int32) for _ in range(3))
+    shape = (num_rows, seq_len)
+    packed, segmentation, positions = (empty(shape, np.int32) for _ in range(3))
     pack_pieces(tokens, lengths, bins, packed, segmentation, positions, pad_token_id=pad_token_id)
     return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
-                      pad_token_id=pad_token_id, shift=shift)
+                      pad_token_id=pad_token_id, shift=shift, empty=empty)
 
 
 def pack_pieces(tokens, lengths, bins, packed, segmentation, positions, *, pad_token_id: int) -> None:
@@ -192,7 +197,8 @@ def pack_pieces(tokens, lengths, bins, packed, segmentation, positions, *, pad_t
 
 
 def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarray, *, eod_token_id: int,
-               pad_token_id: int, shift: str) -> dict[str, np.ndarray]:
+               pad_token_id: int, shift: str,
+               empty: Callable[..., np.ndarray] = np.empty) -> dict[str, np.ndarray]:
     """The six LLM fields of packed rows; takes ownership of the three arrays given.
 
     With ``shift="inputs"``, targets are the packed tokens and inputs the packed tokens
@@ -203,25 +209,34 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
     the last column is ``pad_token_id``, segmentation 0 and position 0 (no target). A
     piece's last token thus predicts the next piece's first token under the next piece's
     segment id; keep ``targets_segmentation == inputs_segmentation`` to train only on
-    predictions inside a document.
+    predictions inside a document. The three new arrays come from ``empty(shape, dtype)``.
     """
+
+    def new() -> np.ndarray:
+        return empty(packed.shape, np.int32)
+
     if shift == "inputs":
         return {
-            "inputs": kernels.shift_right(packed, eod_token_id),
+            "inputs": kernels.shift_right(packed, eod_token_id, out=new()),
             "targets": packed,
             "inputs_position": positions,
             "inputs_segmentation": segmentation,
-            "targets_position": positions.copy(),
-            "targets_segmentation": segmentation.copy(),
+            "targets_position": _copy(positions, new()),
+            "targets_segmentation": _copy(segmentation, new()),
         }
     return {
         "inputs": packed,
-        "targets": kernels.shift_left(packed, pad_token_id),
+        "targets": kernels.shift_left(packed, pad_token_id, out=new()),
         "inputs_position": positions,
         "inputs_segmentation": segmentation,
-        "targets_position": kernels.shift_left(positions, 0),
-        "targets_segmentation": kernels.shift_left(segmentation, 0),
+        "targets_position": kernels.shift_left(positions, 0, out=new()),
+        "targets_segmentation": kernels.shift_left(segmentation, 0, out=new()),
     }
+
+
+def _copy(source: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.copyto(out, source)
+    return out
 
 
 def place_until_full(packer, lengths: np.ndarray, out_bins: np.ndarray, start: int) -> tuple[int, bool]:
