@@ -9,7 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xbatch.batch import LLMBatch, LLMIndexedBatch
-from xbatch.packing import LLMPackIterDataset, PackingStats, pack_documents, window_documents
+from xbatch.packing import (
+    LLMPackIterDataset,
+    PackingStats,
+    pack_documents,
+    window_documents,
+)
 
 E = 99  # the EOD token in these tests; 0 is a real token, padding is 0 too
 FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation", "targets_position",
