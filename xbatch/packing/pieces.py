@@ -74,6 +74,8 @@ def check_token_id(name: str, value: Any) -> int:
 
 def as_tokens(name: str, value: Any) -> np.ndarray:
     """``value`` as a 1-d int32 token array, or a TypeError/ValueError naming ``name``."""
+    if type(value) is np.ndarray and value.dtype == np.int32 and value.ndim == 1:
+        return value  # the common case, once per streamed document: nothing to check
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int32)  # an empty list has no integer dtype of its own
