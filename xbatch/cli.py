@@ -248,7 +248,7 @@ def command_pack(args: argparse.Namespace, out) -> None:
         raise CommandError(
             f"--algorithm {options.algorithm} sorts the whole corpus; use it with --bins all"
         )
-    import xbatch.packing  # noqa: F401 - imported here so that its import time is not timed
+    from .packing import LLMPackIterDataset, pack_documents  # noqa: F401 - import outside the timing
 
     start = time.perf_counter()
     fields, stats = pack_corpus(corpus, options, progress, keep_rows=output is not None)
