@@ -101,7 +101,7 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
     """
     import grain
 
-    from . import packing
+    from .packing import FirstFitPackIterDataset, LLMPackIterDataset, pack_documents
 
     eod = SYNTHETIC_EOD
     options = _in_process_read_options()
@@ -123,7 +123,7 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
             n,
             self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
                 source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
-            self_seconds(lambda: _drain(packing.FirstFitPackIterDataset(
+            self_seconds(lambda: _drain(FirstFitPackIterDataset(
                 source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
         )
     ]
@@ -140,15 +140,15 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
     results += [
         Comparison(
             "LLM rows, one document per element", n, grain_llm,
-            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(documents), **llm_options)), documents),
+            self_seconds(lambda: _drain(LLMPackIterDataset(source(documents), **llm_options)), documents),
         ),
         Comparison(
             "LLM rows, ragged chunks of 1,000 documents", n, grain_llm,
-            self_seconds(lambda: _drain(packing.LLMPackIterDataset(source(chunks), **llm_options)), chunks),
+            self_seconds(lambda: _drain(LLMPackIterDataset(source(chunks), **llm_options)), chunks),
         ),
         Comparison(
             "LLM rows, bulk pack_documents", n, grain_llm,
-            _median_seconds(lambda: packing.pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
+            _median_seconds(lambda: pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
         ),
     ]
     return results
