@@ -67,9 +67,9 @@ class LLMPackIterDataset(grain.IterDataset):
     Each element is a dict of int32 [seq_len] arrays: ``inputs``, ``targets``,
     ``inputs_position``, ``inputs_segmentation``, ``targets_position``,
     ``targets_segmentation``. The iterator's ``stats`` (:class:`PackingStats`) count what
-    the emitted rows hold; they are part of the checkpoint state. Memory: three
-    ``num_packing_bins x seq_len`` int32 window buffers, reused, plus the tokens of the
-    open window.
+    the emitted rows hold; they are part of the checkpoint state. Rows are views into six
+    int32 ``rows x seq_len`` arrays per window; a window's arrays are reused once none of
+    its rows is held any more. The open window keeps references to its elements.
 
     Args:
       parent: the documents.
