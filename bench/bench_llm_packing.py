@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import grain
 import numpy as np
 
 import xbatch
+from xbatch.compare import median_seconds
 from xbatch.packing import LLMPackIterDataset, pack_documents
 
 SEQ_LEN = 2048
@@ -172,21 +171,6 @@ class ManyBins:
         consume(self.dataset)
 
 
-def _seconds(function, repeats: int) -> float:
-    """Median wall time of ``function()`` over ``repeats`` runs, after one untimed run.
-
-    The untimed run pays the first touch of fresh memory (page faults), which costs more
-    than packing on some machines and which a long-running pipeline pays once.
-    """
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
@@ -198,7 +182,7 @@ def main(argv=None) -> None:
         for bins in BulkPack.params[0]:
             case = BulkPack()
             case.setup(bins, mean_tokens)
-            seconds = _seconds(lambda: case.time_pack_documents(bins, mean_tokens), args.repeats)
+            seconds = median_seconds(lambda: case.time_pack_documents(bins, mean_tokens), args.repeats)
             window = f"{bins} bins" if bins else "whole corpus"
             print(f"  mean {mean_tokens:>3}, {window:>12}: {case.tokens.size / seconds / 1e6:7.1f} M tokens/s")
 
@@ -218,7 +202,7 @@ def main(argv=None) -> None:
         for pipeline in Stream.params[0]:
             case = Stream()
             case.setup(pipeline, mean_tokens)
-            rates[pipeline] = 1 / _seconds(lambda: case.time_stream(pipeline, mean_tokens), args.repeats)
+            rates[pipeline] = 1 / median_seconds(lambda: case.time_stream(pipeline, mean_tokens), args.repeats)
         for pipeline, rate in rates.items():
             print(f"  mean {mean_tokens:>3}, {pipeline:>16}: {tokens.size * rate / 1e6:8.2f} M tokens/s "
                   f"{len(lengths) * rate:12,.0f} documents/s  ({rate / rates['grain']:6.1f}x grain)")
@@ -229,7 +213,7 @@ def main(argv=None) -> None:
     for bins in ManyBins.params[0]:
         case = ManyBins()
         case.setup(bins)
-        rates[bins] = documents / _seconds(lambda: case.time_stream(bins), args.repeats)
+        rates[bins] = documents / median_seconds(lambda: case.time_stream(bins), args.repeats)
     print(f"  8 bins {rates[8]:,.0f} documents/s, 4096 bins {rates[4096]:,.0f} documents/s "
           f"(4096/8 = {rates[4096] / rates[8]:.2f})")
 

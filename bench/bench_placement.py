@@ -12,13 +12,12 @@ not a like-for-like packer comparison (see ``bench_grain_packers.py`` for that).
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from xbatch import _backend, _kernels_numpy
+from xbatch.compare import median_seconds
 
 BIN_COUNTS = (8, 64, 512, 4096)
 ROW_LENGTH = 2048
@@ -95,12 +94,8 @@ class Placement:
 
 def items_per_second(case: Placement, num_bins: int, implementation: str, repeats: int) -> float:
     case.setup(num_bins, implementation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        case.time_place(num_bins, implementation)
-        times.append(time.perf_counter() - start)
-    return NUM_ITEMS[implementation] / statistics.median(times)
+    seconds = median_seconds(lambda: case.time_place(num_bins, implementation), repeats)
+    return NUM_ITEMS[implementation] / seconds
 
 
 def main(repeats: int = 5) -> None:

@@ -47,7 +47,7 @@ class Comparison:
         return self.grain_seconds / self.xbatch_seconds
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+def median_seconds(run: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``repeats`` runs after one untimed run, which pays for first
     calls and first-touched memory that a long-running pipeline pays once."""
     run()
@@ -113,8 +113,8 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
         return grain.MapDataset.source(items).to_iter_dataset(options)
 
     def self_seconds(pipeline: Callable[[], Any], items: Sequence[Any]) -> float:
-        parent = _median_seconds(lambda: _drain(source(items)), repeats)
-        return max(_median_seconds(pipeline, repeats) - parent, 1e-9)
+        parent = median_seconds(lambda: _drain(source(items)), repeats)
+        return max(median_seconds(pipeline, repeats) - parent, 1e-9)
 
     documents = np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1])
     n = corpus.num_documents
@@ -151,7 +151,7 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
         ),
         Comparison(
             "LLM rows, bulk pack_documents", n, grain_llm,
-            _median_seconds(lambda: pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
+            median_seconds(lambda: pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
         ),
     ]
     return results
