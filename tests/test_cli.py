@@ -12,6 +12,9 @@ import pytest
 
 import xbatch
 from xbatch import cli
+from xbatch.cli import bench as cli_bench
+from xbatch.cli import info as cli_info
+from xbatch.corpus import SYNTHETIC_EOD, synthetic_corpus
 from xbatch.packing import pack_documents
 
 # Small documents with token id 0 inside (a token like any other) and one longer than a row.
@@ -58,14 +61,14 @@ def test_info_names_version_backend_and_extension(capsys):
 
 
 def test_info_reports_missing_libraries(monkeypatch, capsys):
-    real_version = cli.importlib.metadata.version
+    real_version = cli_info.importlib.metadata.version
 
     def version(name):
         if name == "pyarrow":
-            raise cli.importlib.metadata.PackageNotFoundError(name)
+            raise cli_info.importlib.metadata.PackageNotFoundError(name)
         return real_version(name)
 
-    monkeypatch.setattr(cli.importlib.metadata, "version", version)
+    monkeypatch.setattr(cli_info.importlib.metadata, "version", version)
     _, out, _ = run(["info"], capsys)
     assert "pyarrow    not installed" in out.splitlines()
 
@@ -74,8 +77,8 @@ def test_pack_builtin_corpus_summary_and_row_table(tmp_path, capsys):
     output = tmp_path / "packed.npz"
     status, out, err = run(["pack", "--num-documents", "2000", "--no-progress", "-o", str(output)], capsys)
     assert status == 0, err
-    corpus = cli.synthetic_corpus(2000)
-    batch, stats = pack_documents(corpus.tokens, corpus.lengths, seq_len=2048, eod_token_id=cli.SYNTHETIC_EOD,
+    corpus = synthetic_corpus(2000)
+    batch, stats = pack_documents(corpus.tokens, corpus.lengths, seq_len=2048, eod_token_id=SYNTHETIC_EOD,
                                   num_packing_bins=64, return_stats=True)
     assert f"packed 2,000 documents ({corpus.num_tokens:,} tokens)" in out
     assert f"rows                {stats.rows:,} of 2,048 tokens" in out
@@ -113,12 +116,12 @@ def test_render_row_centres_the_first_border():
 
 
 def test_synthetic_corpus_is_deterministic():
-    first, second = cli.synthetic_corpus(500, seed=3), cli.synthetic_corpus(500, seed=3)
+    first, second = synthetic_corpus(500, seed=3), synthetic_corpus(500, seed=3)
     np.testing.assert_array_equal(first.tokens, second.tokens)
     np.testing.assert_array_equal(first.lengths, second.lengths)
     assert first.lengths.sum() == first.num_tokens and first.lengths.min() >= 1
     assert first.tokens.min() >= 2  # neither padding 0 nor the EOD 1 inside documents
-    assert not np.array_equal(cli.synthetic_corpus(500, seed=4).lengths, first.lengths)
+    assert not np.array_equal(synthetic_corpus(500, seed=4).lengths, first.lengths)
 
 
 def write_npz(path):
@@ -261,7 +264,7 @@ def test_pack_writes_the_table_to_the_given_stream():
 
 def test_bench_quick_prints_ratios(monkeypatch, capsys):
     # Smaller than --quick's corpus keeps the test fast; the code path is the same.
-    monkeypatch.setattr(cli, "bench_corpora", lambda _: {"tiny": cli.synthetic_corpus(300)})
+    monkeypatch.setattr(cli_bench, "bench_corpora", lambda _: {"tiny": synthetic_corpus(300)})
     status, out, err = run(["bench", "--quick"], capsys)
     assert status == 0, err
     lines = out.splitlines()

@@ -1,41 +1,21 @@
-"""The ``xbatch`` command.
-
-``xbatch info``
-    xbatch's version, the active kernel backend, where the compiled kernels were loaded
-    from (or why not), and the numpy / jax / grain versions.
-``xbatch pack [CORPUS]``
-    Packs a tokenized corpus into rows of the :class:`xbatch.batch.LLMBatch` layout and
-    prints a summary; without ``CORPUS`` it packs a built-in synthetic corpus.
-``xbatch bench``
-    xbatch's packers against grain's ``FirstFitPackIterDataset`` on the built-in corpus,
-    printed as a table of ratios.
-
-Bad files and options end with one line on stderr and exit status 1, never a traceback.
-"""
+"""``xbatch pack [CORPUS]``: packs a tokenized corpus into LLMBatch rows and prints a summary."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
-import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
-from . import __version__, _backend
-from .compare import (
-    _in_process_read_options,
-    bench_corpora,
-    compare_with_grain,
-    format_comparisons,
-)
-from .corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
-from .packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
+from .. import _backend
+from ..compare import _in_process_read_options
+from ..corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
+from ..packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
+from .common import CommandError, bins, positive_int, progress_factory, rate, token_id
 
 # Documents per ragged chunk handed to the streaming packer (one progress-bar step).
 CHUNK_DOCUMENTS = 4_096
@@ -43,52 +23,6 @@ ROW_FIELDS = (
     "targets", "inputs", "targets_segmentation", "inputs_segmentation",
     "targets_position", "inputs_position",
 )
-
-
-class CommandError(Exception):
-    """A problem with the user's files or options: printed as one line, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line and exits with status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --- progress -------------------------------------------------------------------------
-
-
-class _NoBar:
-    """Stands in for a tqdm bar where tqdm is not installed."""
-
-    n = 0
-
-    def __init__(self, **_: Any) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        pass
-
-    def update(self, _: int = 1) -> None:
-        pass
-
-
-def _progress_factory(enabled: bool) -> Callable[..., Any]:
-    """tqdm on stderr (it hides itself when stderr is not a terminal), or no bar."""
-    if not enabled:
-        return _NoBar
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional (the "cli" extra)
-        return _NoBar
-    return lambda **kwargs: tqdm(disable=None, leave=False, file=sys.stderr, **kwargs)
-
-
-# --- xbatch pack ----------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +53,7 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
     ``keep_rows=False`` the streaming path keeps only the first row (to show it), and
     costs no memory per row.
     """
-    from .packing import pack_documents
+    from ..packing import pack_documents
 
     arguments = dataclasses.asdict(options)
     if not options.streams:
@@ -127,7 +61,7 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
         return {name: getattr(batch, name) for name in ROW_FIELDS}, stats
     import grain
 
-    from .packing import LLMPackIterDataset
+    from ..packing import LLMPackIterDataset
 
     offsets = np.concatenate([[0], np.cumsum(corpus.lengths)])
     chunks = [
@@ -160,7 +94,7 @@ def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, wi
 
     ``E`` stands for the end-of-document token in ``targets`` and ``inputs``.
     """
-    from .kernels import document_borders
+    from ..kernels import document_borders
 
     seq_len = fields["targets"].shape[1]
     borders = document_borders(fields["inputs_segmentation"][row:row + 1])[0].astype(np.int32)
@@ -182,26 +116,17 @@ def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, wi
     return "\n".join(lines)
 
 
-def _rate(count: float, seconds: float, unit: str) -> str:
-    """``count / seconds`` as text such as ``1.23 M tokens/s``."""
-    value = count / seconds if seconds > 0 else 0.0
-    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.2f} {prefix} {unit}/s"
-    return f"{value:.0f} {unit}/s"
-
-
 def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, output: Path | None) -> str:
     """The summary ``xbatch pack`` prints after packing."""
-    bins = "the whole corpus" if options.num_packing_bins is None else f"{options.num_packing_bins} bins"
+    bins_text = "the whole corpus" if options.num_packing_bins is None else f"{options.num_packing_bins} bins"
     lines = [
         f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from {corpus.name}",
-        f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins})",
+        f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins_text})",
         f"  fill ratio          {stats.fill_ratio:.2%} (document and EOD tokens / row capacity)",
         f"  documents split     {stats.documents_split:,} (long_documents={options.long_documents})",
         f"  tokens truncated    {stats.tokens_truncated:,}",
-        f"  speed               {_rate(corpus.num_documents, seconds, 'documents')}, "
-        f"{_rate(corpus.num_tokens, seconds, 'tokens')} ({seconds:.3f} s packing"
+        f"  speed               {rate(corpus.num_documents, seconds, 'documents')}, "
+        f"{rate(corpus.num_tokens, seconds, 'tokens')} ({seconds:.3f} s packing"
         + (" and collecting the rows)" if output is not None else ")"),
         f"  backend             {_backend.BACKEND}",
     ]
@@ -220,10 +145,10 @@ def _check_output(path: Path | None) -> None:
         raise CommandError(f"--output: the directory {str(path.parent)!r} does not exist")
 
 
-def command_pack(args: argparse.Namespace, out) -> None:
+def run(args: argparse.Namespace, out) -> None:
     output = Path(args.output) if args.output else None
     _check_output(output)
-    progress = _progress_factory(not args.no_progress)
+    progress = progress_factory(not args.no_progress)
     if args.corpus is None:
         if args.num_documents < 1:
             raise CommandError(f"--num-documents: expected an integer >= 1, got {args.num_documents}")
@@ -248,7 +173,7 @@ def command_pack(args: argparse.Namespace, out) -> None:
         raise CommandError(
             f"--algorithm {options.algorithm} sorts the whole corpus; use it with --bins all"
         )
-    from .packing import LLMPackIterDataset, pack_documents  # noqa: F401 - import outside the timing
+    from ..packing import LLMPackIterDataset, pack_documents  # noqa: F401 - import outside the timing
 
     start = time.perf_counter()
     fields, stats = pack_corpus(corpus, options, progress, keep_rows=output is not None)
@@ -263,93 +188,7 @@ def command_pack(args: argparse.Namespace, out) -> None:
         print(render_row(fields, 0, eod_token_id=eod), file=out)
 
 
-# --- xbatch bench ---------------------------------------------------------------------
-
-
-def command_bench(args: argparse.Namespace, out) -> None:
-    num_documents = 2_000 if args.quick else args.num_documents
-    repeats = 1 if args.quick else args.repeats
-    print(
-        f"packer self time, {num_documents:,} documents of the built-in corpus, {args.seq_len:,}-token rows, "
-        f"{args.bins} bins, median of {repeats}; xbatch backend: {_backend.BACKEND}",
-        file=out,
-    )
-    results = []
-    for label, corpus in bench_corpora(num_documents).items():
-        mean = corpus.num_tokens / corpus.num_documents
-        for result in compare_with_grain(corpus, seq_len=args.seq_len, num_bins=args.bins, repeats=repeats):
-            results.append(dataclasses.replace(result, case=f"{result.case} ({label}, mean {mean:.0f})"))
-    print(format_comparisons(results), file=out)
-
-
-# --- xbatch info ----------------------------------------------------------------------
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def describe_installation() -> str:
-    """xbatch's version and backend, where the compiled kernels come from, library versions."""
-    compiled = _backend.compiled_module()
-    if _backend.BACKEND == "cython":
-        extension = compiled.__file__
-    elif compiled is not None:
-        extension = f"built at {compiled.__file__}, not used: {_backend.FALLBACK_REASON}"
-    else:
-        extension = f"not used: {_backend.FALLBACK_REASON}"
-    rows = [
-        ("xbatch", __version__),
-        ("backend", _backend.BACKEND),
-        ("extension", extension),
-        ("python", sys.version.split()[0]),
-        *((name, _version(name)) for name in ("numpy", "jax", "grain", "tqdm", "pyarrow")),
-    ]
-    return "\n".join(f"{name:<10} {value}" for name, value in rows)
-
-
-def command_info(args: argparse.Namespace, out) -> None:
-    print(describe_installation(), file=out)
-
-
-# --- the command line -----------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _bins(text: str) -> int | None:
-    return None if text == "all" else _positive_int(text)
-
-
-def _token_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= np.iinfo(np.int32).max:
-        raise argparse.ArgumentTypeError(f"expected a token id in [0, 2**31), got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xbatch", description="Packs tokenized documents into fixed-shape LLM batches.")
-    parser.add_argument("--version", action="version", version=f"xbatch {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    info = commands.add_parser("info", help="versions, the active backend and where its kernels come from")
-    info.set_defaults(run=command_info)
-
+def add_parser(commands) -> None:
     pack = commands.add_parser(
         "pack",
         help="pack a tokenized corpus (or a built-in synthetic one) into LLMBatch rows",
@@ -362,14 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack.add_argument("corpus", nargs="?", help="the tokenized corpus; omit for the built-in one")
     pack.add_argument("-o", "--output", help="write the packed fields to this .npz")
-    pack.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per row (default 2048)")
-    pack.add_argument("--bins", type=_bins, default=64,
+    pack.add_argument("--seq-len", type=positive_int, default=2048, help="tokens per row (default 2048)")
+    pack.add_argument("--bins", type=bins, default=64,
                       help="packing bins per window, or 'all' for one window over the corpus (default 64)")
     pack.add_argument("--algorithm", choices=BULK_ALGORITHMS, default="first_fit",
                       help="placement; the *_decreasing ones need --bins all (default first_fit)")
-    pack.add_argument("--eod", type=_token_id, default=None,
+    pack.add_argument("--eod", type=token_id, default=None,
                       help=f"end-of-document token id; required with CORPUS ({SYNTHETIC_EOD} for the built-in one)")
-    pack.add_argument("--pad", type=_token_id, default=0, help="padding token id (default 0)")
+    pack.add_argument("--pad", type=token_id, default=0, help="padding token id (default 0)")
     pack.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="split",
                       help="documents longer than a row: split, truncate or error (default split)")
     pack.add_argument("--shift", choices=SHIFTS, default="inputs",
@@ -380,41 +219,4 @@ def build_parser() -> argparse.ArgumentParser:
                       help="documents in the built-in corpus (default 20,000)")
     pack.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus (default 0)")
     pack.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pack.set_defaults(run=command_pack)
-
-    bench = commands.add_parser("bench", help="xbatch's packers against grain's on the built-in corpus")
-    bench.add_argument("--quick", action="store_true", help="2,000 documents, one repeat: a smoke run")
-    bench.add_argument("--num-documents", type=_positive_int, default=20_000, help="default 20,000")
-    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per case (default 3)")
-    bench.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per row (default 2048)")
-    bench.add_argument("--bins", type=_positive_int, default=64, help="packing bins (default 64)")
-    bench.set_defaults(run=command_bench)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, out=None) -> int:
-    """Runs the ``xbatch`` command with ``argv`` (default ``sys.argv[1:]``); the exit status.
-
-    User errors (bad files, options, or arguments the packers reject) print one line on
-    stderr and give 1.
-    """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a bad option (one line, status 1)
-        return exc.code
-    if args.command is None:
-        parser.print_help(out or sys.stdout)
-        return 1
-    try:
-        args.run(args, out or sys.stdout)
-    except (CommandError, ValueError, TypeError) as exc:
-        print(f"xbatch {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
-        print(f"xbatch {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    pack.set_defaults(run=run)

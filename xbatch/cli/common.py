@@ -1,0 +1,92 @@
+"""What every ``xbatch`` command shares: the one-line error, argument types, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A problem with the user's files or options: printed as one line, exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line and exits with status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types -------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def bins(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
+
+
+def token_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= np.iinfo(np.int32).max:
+        raise argparse.ArgumentTypeError(f"expected a token id in [0, 2**31), got {text!r}")
+    return value
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class NoBar:
+    """Stands in for a tqdm bar where tqdm is not installed."""
+
+    n = 0
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+    def update(self, _: int = 1) -> None:
+        pass
+
+
+def progress_factory(enabled: bool) -> Callable[..., Any]:
+    """tqdm on stderr (it hides itself when stderr is not a terminal), or no bar."""
+    if not enabled:
+        return NoBar
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional (the "cli" extra)
+        return NoBar
+    return lambda **kwargs: tqdm(disable=None, leave=False, file=sys.stderr, **kwargs)
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def rate(count: float, seconds: float, unit: str) -> str:
+    """``count / seconds`` as text such as ``1.23 M tokens/s``."""
+    value = count / seconds if seconds > 0 else 0.0
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {prefix} {unit}/s"
+    return f"{value:.0f} {unit}/s"
