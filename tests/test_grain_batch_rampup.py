@@ -414,3 +414,98 @@ def test_ramp_up_after_mp_prefetch_follows_one_schedule():
         iterator.close()
     assert [len(b) for b in batches] == [2, 2, 4, 4, 4, 4, 4, 4, 2]
     assert sorted(np.concatenate(batches).tolist()) == list(range(30))
+
+
+# Schedules by consumed tokens or examples ------------------------------------------------
+
+from xbatch.grain_batch_rampup import (  # noqa: E402
+    consumed_rampup_schedule,
+    parse_amount,
+    parse_rampup_string,
+    tokens_consumed,
+)
+
+
+def _size_by_walking(size_at: dict[int, int], per_example: int, step: int) -> int:
+    """The size at ``step``, walking step by step: the size of the largest boundary consumed."""
+    consumed = 0
+    for _ in range(step):
+        consumed += _size_for(size_at, consumed) * per_example
+    return _size_for(size_at, consumed)
+
+
+def _size_for(size_at, consumed):
+    return size_at[max(b for b in size_at if b <= consumed)]
+
+
+def test_megatron_string_in_tokens_converts_exactly():
+    schedule = consumed_rampup_schedule("0:768 250B:1536", unit="tokens", seq_len=4096)
+    # 250e9 tokens / (768 rows * 4096 tokens) = 79472.65... -> the switch is at step 79473.
+    assert schedule.first_steps == (0, 79473) and schedule.sizes == (768, 1536)
+    assert tokens_consumed(schedule, 79472, 4096) < 250 * 10**9 <= tokens_consumed(schedule, 79473, 4096)
+
+
+def test_dict_string_and_int_forms_are_equal():
+    text = consumed_rampup_schedule("0:8, 1.5K:16 4k:32", unit="examples")
+    as_dict = consumed_rampup_schedule({0: 8, "1500": "16", 4000: 32}, unit="examples")
+    assert text == as_dict
+    assert parse_rampup_string("0:8 1K:16") == {"0": "8", "1K": "16"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.integers(1, 5000), st.integers(1, 40), max_size=5),
+    st.integers(1, 40),
+    st.sampled_from([("examples", 1), ("tokens", 1), ("tokens", 7), ("tokens", 128)]),
+)
+def test_consumed_schedule_matches_a_step_by_step_walk(later, first_size, unit_and_len):
+    unit, seq_len = unit_and_len
+    size_at = {0: first_size, **later}
+    try:
+        schedule = consumed_rampup_schedule(size_at, unit=unit, seq_len=seq_len)
+    except ValueError as error:
+        # Rejected only when two boundaries fall in one step: check that they do.
+        assert "same step" in str(error)
+        return
+    last = schedule.first_steps[-1] + 3
+    for step in range(last):
+        assert schedule(step) == _size_by_walking(size_at, seq_len, step), step
+
+
+@pytest.mark.parametrize(
+    ("schedule", "kwargs", "named"),
+    [
+        ("0:768 250B:1536", {"unit": "tokens"}, "seq_len=None"),
+        ("0:768 250X:1536", {"unit": "examples"}, "250X"),
+        ("0:768 1.0005K:1536", {"unit": "examples"}, "1.0005K"),
+        ("0:768 -5:1536", {"unit": "examples"}, "-5"),
+        ("0:768 100:0", {"unit": "examples"}, "100"),
+        ("0:768 100:1.5", {"unit": "examples"}, "1.5"),
+        ("10:768", {"unit": "examples"}, "no boundary 0"),
+        ("0:768 100", {"unit": "examples"}, "'100'"),
+        ("0:768 1K:8 1K:16", {"unit": "examples"}, "appears twice"),
+        ("0:768 1K:8 1000:16", {"unit": "examples"}, "'1000' repeats boundary '1K'"),
+        ({0: 8, "1K": 16, 1000: 32}, {"unit": "examples"}, "repeats"),
+        ("0:768 100:1536", {"unit": "examples", "multiple_of": 512}, "multiple_of=512"),
+        ("0:8 10:16 11:32", {"unit": "examples"}, "boundary '11'"),
+        ("0:8", {"unit": "rows"}, "unit='rows'"),
+        ({}, {"unit": "examples"}, "non-empty"),
+    ],
+)
+def test_invalid_consumed_schedules_are_rejected_at_creation(schedule, kwargs, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        consumed_rampup_schedule(schedule, **kwargs)
+
+
+def test_parse_amount():
+    assert [parse_amount(v) for v in ("250B", "1.5m", "3T", "7", 9, "2G")] == [
+        250 * 10**9, 1_500_000, 3 * 10**12, 7, 9, 2 * 10**9]
+    for bad in ("1.5", 1.5, True, -1, "", "B"):
+        with pytest.raises(ValueError):
+            parse_amount(bad)
+
+
+def test_consumed_schedule_drives_the_rampup_dataset():
+    schedule = consumed_rampup_schedule("0:2 10:4", unit="tokens", seq_len=3)
+    sizes = [len(b) for b in BatchRampUpIterDataset(_source(20), schedule)]
+    assert sizes == [2, 2, 4, 4, 4, 4]  # 6 tokens after 1 step, 12 >= 10 after 2

@@ -18,16 +18,20 @@ fails at start-up and not at step 50,000.
 
 Beyond the seed: ``multiple_of`` rounds every size down to a multiple of, e.g., the
 data-parallel size, and :func:`examples_consumed` / :func:`step_for_examples` convert
-between steps and examples in O(number of boundaries).
+between steps and examples in O(number of boundaries). :func:`consumed_rampup_schedule`
+builds a schedule whose boundaries are consumed tokens or examples (Megatron-style
+``"0:768 250B:1536"``), converted exactly to steps.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import decimal
 import logging
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +44,10 @@ S = TypeVar("S")
 LOGGER = logging.getLogger(__name__)
 
 SCHEDULE_TYPES = ("constant", "stepwise")
+CONSUMED_UNITS = ("tokens", "examples")
+# Decimal multipliers of amounts such as "250B" (G is accepted as a synonym of B).
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_AMOUNT = re.compile(r"(\d+(?:\.\d+)?)([KMBGT]?)", re.IGNORECASE)
 
 
 def _describe_leaves(value: Any) -> Any:
@@ -327,6 +335,146 @@ def step_for_examples(schedule: BatchRampUpSchedule, num_examples: int) -> int:
         return 0
     remaining = num_examples - schedule.examples_before[i]
     return schedule.first_steps[i] + -(-remaining // schedule.sizes[i])
+
+
+def parse_amount(value: Any, *, name: str = "amount") -> int:
+    """Returns an exact integer amount from an int or a string such as ``"250B"`` or ``"1.5M"``.
+
+    Suffixes are decimal: K = 10**3, M = 10**6, B (or G) = 10**9, T = 10**12, case-insensitive.
+    ``"1.5K"`` is 1500; ``"1.0005K"`` is not an integer and is rejected, as are negative
+    numbers, floats, bools and anything else.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    match = _AMOUNT.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is not None:
+        exact = decimal.Decimal(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+        if exact == exact.to_integral_value():
+            return int(exact)
+    raise ValueError(
+        f"{name} {value!r}; expected an integer >= 0, or a string such as '250B' or '1.5M'"
+        " (suffixes K, M, B/G, T: powers of 1000) that names a whole number"
+    )
+
+
+def parse_rampup_string(text: str) -> dict[str, str]:
+    """Splits a Megatron-style ``"0:768 250B:1536"`` into ``{"0": "768", "250B": "1536"}``.
+
+    Pairs ``boundary:size`` are separated by whitespace or commas; nothing is converted
+    (see :func:`consumed_rampup_schedule`, which validates).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"schedule={text!r}; expected a string such as '0:768 250B:1536'")
+    pairs: dict[str, str] = {}
+    for item in re.split(r"[\s,]+", text.strip()):
+        boundary, sep, size = item.partition(":")
+        if not item or not sep or not boundary or not size or ":" in size:
+            raise ValueError(
+                f"schedule item {item!r} in {text!r}; expected 'boundary:size' pairs separated"
+                " by spaces, such as '0:768 250B:1536'"
+            )
+        if boundary in pairs:
+            raise ValueError(f"boundary {boundary!r} appears twice in schedule {text!r}")
+        pairs[boundary] = size
+    return pairs
+
+
+def consumed_rampup_schedule(
+    schedule: str | Mapping[int | str, int | str],
+    *,
+    unit: str = "tokens",
+    seq_len: int | None = None,
+    multiple_of: int = 1,
+) -> BatchRampUpSchedule:
+    """Returns a schedule whose boundaries are consumed tokens or examples, as steps.
+
+    ``schedule`` maps boundaries to **absolute** batch sizes (examples, i.e. packed rows,
+    per batch), as a Megatron-style string ``"0:768 250B:1536"`` or a dict
+    ``{0: 768, "250B": 1536}``. A size applies from the first step at which at least its
+    boundary was consumed, counting full batches before that step: with packed rows every
+    example is ``seq_len`` tokens, so a token boundary ``b`` is reached at the first step
+    ``s`` with ``examples_consumed(s) * seq_len >= b``. The conversion is exact integer
+    arithmetic, done once here; the result is an ordinary step-based
+    :class:`BatchRampUpSchedule`.
+
+    Args:
+      schedule: boundaries (ints or strings with K/M/B/T suffixes, see :func:`parse_amount`)
+        to sizes (integers >= 1, or integer strings). Must contain boundary 0.
+      unit: ``"tokens"`` (needs ``seq_len``) or ``"examples"``.
+      seq_len: tokens per example (packed row), for ``unit="tokens"``.
+      multiple_of: every size must be a multiple of this (e.g. the data-parallel size); a
+        size that is not is rejected (sizes are given exactly, so none is rounded).
+
+    Raises:
+      ValueError: at creation, naming the boundary: a malformed boundary or size, no
+        boundary 0, a size not a multiple of ``multiple_of``, or a boundary that falls in
+        the same step as the previous one (its predecessor's size would never be used).
+    """
+    if unit not in CONSUMED_UNITS:
+        raise ValueError(f"unit={unit!r}; expected one of {CONSUMED_UNITS}")
+    multiple_of = _positive_int("multiple_of", multiple_of)
+    if unit == "tokens":
+        if seq_len is None:
+            raise ValueError("seq_len=None with unit='tokens'; expected the tokens per packed row")
+        per_example = _positive_int("seq_len", seq_len)
+    else:
+        per_example = 1
+    if isinstance(schedule, str):
+        schedule = parse_rampup_string(schedule)
+    if not isinstance(schedule, Mapping) or not schedule:
+        raise ValueError(
+            f"schedule={schedule!r}; expected a non-empty mapping from boundaries ({unit}) to"
+            " batch sizes, or a string such as '0:768 250B:1536'"
+        )
+    size_at: dict[int, int] = {}
+    written: dict[int, Any] = {}
+    for boundary, size in schedule.items():
+        amount = parse_amount(boundary, name=f"boundary ({unit})")
+        if amount in written:
+            raise ValueError(
+                f"boundary {boundary!r} repeats boundary {written[amount]!r}; expected each once"
+            )
+        written[amount] = boundary
+        try:
+            examples = parse_amount(size, name=f"batch size at boundary {boundary!r}")
+        except ValueError:
+            examples = 0
+        if examples < 1 or examples % multiple_of:
+            raise ValueError(
+                f"batch size {size!r} at boundary {boundary!r}; expected an integer >= 1 that is"
+                f" a multiple of multiple_of={multiple_of}"
+            )
+        size_at[amount] = examples
+    if 0 not in size_at:
+        raise ValueError(
+            f"schedule {dict(schedule)!r} has no boundary 0; expected the size at the start,"
+            " such as '0:768'"
+        )
+    first_steps, sizes, consumed = [0], [size_at[0]], 0  # consumed: examples before the step
+    previous = written[0]
+    for amount in sorted(size_at)[1:]:
+        threshold = -(-amount // per_example)  # examples needed to have consumed `amount`
+        # First step (after first_steps[-1]) whose preceding batches reach the threshold.
+        steps = -(-(threshold - consumed) // sizes[-1])
+        if steps < 1:
+            raise ValueError(
+                f"boundary {written[amount]!r} ({unit}) is reached at the same step"
+                f" {first_steps[-1]} as boundary {previous!r}, so the size {sizes[-1]} of"
+                f" {previous!r} would never be used; expected boundaries at least one batch"
+                " apart"
+            )
+        consumed += steps * sizes[-1]
+        first_steps.append(first_steps[-1] + steps)
+        sizes.append(size_at[amount])
+        previous = written[amount]
+    result = BatchRampUpSchedule(first_steps, sizes, multiple_of)
+    LOGGER.info("Batch ramp-up schedule by consumed %s: %r", unit, result)
+    return result
+
+
+def tokens_consumed(schedule: BatchRampUpSchedule, step: int, seq_len: int) -> int:
+    """Returns the tokens in batch steps ``0 .. step - 1`` with packed rows of ``seq_len`` tokens."""
+    return examples_consumed(schedule, step) * _positive_int("seq_len", seq_len)
 
 
 class _BatchRampUpDatasetIterator(grain.DatasetIterator[T]):
