@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend
+from .._atomic import atomic_output
 from ..compare import _in_process_read_options
 from ..corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
 from ..packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
@@ -180,7 +181,8 @@ def run(args: argparse.Namespace, out) -> None:
     seconds = time.perf_counter() - start
     if output is not None:
         try:
-            np.savez(output, **fields)
+            with atomic_output(output) as file:  # an interrupt or full disk keeps the old file
+                np.savez(file, **fields)
         except OSError as exc:
             raise CommandError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     print(summarize(corpus, options, stats, seconds, output), file=out)
