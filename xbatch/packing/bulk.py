@@ -14,8 +14,10 @@ import numpy as np
 from .. import kernels
 from .._checks import positive_int
 from ..batch import LLMBatch, LLMIndexedBatch
+from .concat_rows import pack_concat
 from .pieces import (
     BULK_ALGORITHMS,
+    CONCAT,
     DECREASING,
     LONG_DOCUMENTS,
     SHIFTS,
@@ -50,7 +52,10 @@ def pack_documents(
     bins, grain's first-fit/best-fit rule. ``None`` packs the whole corpus as one window.
     ``"first_fit_decreasing"``/``"best_fit_decreasing"`` (only with ``None``) place the
     pieces longest first (a stable sort: equal lengths keep corpus order), the tightest
-    packing; each row still lists its pieces in corpus order.
+    packing; each row still lists its pieces in corpus order. ``"concat_then_split"``
+    puts the documents back to back and cuts a row every ``seq_len`` cells (the bins
+    are ignored; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` needs
+    ``num_packing_bins`` (see :mod:`xbatch.packing.rolling`).
 
     Args:
       tokens: int[total], the documents' tokens back to back (any integer dtype that fits
@@ -60,8 +65,8 @@ def pack_documents(
       eod_token_id: appended to every document.
       pad_token_id: fills cells no document covers.
       num_packing_bins: bins per window (>= 1), or None for one window over the corpus.
-      algorithm: ``"first_fit"``, ``"best_fit"``, ``"first_fit_decreasing"`` or
-        ``"best_fit_decreasing"``.
+      algorithm: ``"first_fit"``, ``"best_fit"``, ``"concat_then_split"``,
+        ``"rolling_best_fit"``, ``"first_fit_decreasing"`` or ``"best_fit_decreasing"``.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` for documents whose
         tokens plus EOD exceed ``seq_len`` (see :mod:`xbatch.packing.pieces`).
       shift: ``"inputs"`` (inputs shifted right, the seed's layout) or ``"targets"``
@@ -86,6 +91,10 @@ def pack_documents(
             )
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
+    if algorithm == CONCAT:
+        fields, stats = pack_concat(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
+                                    pad_token_id=pad_token_id, long_documents=long_documents, shift=shift)
+        return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
                              long_documents=long_documents)
     if num_packing_bins is None:

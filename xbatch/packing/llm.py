@@ -12,9 +12,12 @@ import numpy as np
 from .. import kernels
 from .._checks import positive_int
 from .buffers import BufferPool
+from .concat_stream import ConcatRowsIterator
 from .pieces import (
+    CONCAT,
     LONG_DOCUMENTS,
     SHIFTS,
+    STREAM_ALGORITHMS,
     Pieces,
     as_lengths,
     as_tokens,
@@ -78,7 +81,11 @@ class LLMPackIterDataset(grain.IterDataset):
         back longer.
       eod_token_id: appended to every document.
       pad_token_id: fills cells no document covers.
-      algorithm: ``"first_fit"`` or ``"best_fit"``.
+      algorithm: ``"first_fit"`` or ``"best_fit"`` (grain's windows, above);
+        ``"concat_then_split"`` (the documents back to back, cut every ``seq_len`` cells:
+        grain's ``ConcatThenSplitIterDataset``; ``num_packing_bins`` rows are laid out at
+        once; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` (bins stay
+        open; see :mod:`xbatch.packing.rolling`).
       long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
         into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
@@ -112,14 +119,16 @@ class LLMPackIterDataset(grain.IterDataset):
             num_packing_bins=positive_int("num_packing_bins", num_packing_bins),
             eod_token_id=check_token_id("eod_token_id", eod_token_id),
             pad_token_id=check_token_id("pad_token_id", pad_token_id),
-            algorithm=check_choice("algorithm", algorithm, kernels.ALGORITHMS),
+            algorithm=check_choice("algorithm", algorithm, STREAM_ALGORITHMS),
             long_documents=check_choice("long_documents", long_documents, LONG_DOCUMENTS),
             shift=check_choice("shift", shift, SHIFTS),
             shuffle_bins=bool(shuffle_bins),
             seed=int(seed),
         )
 
-    def __iter__(self) -> _LLMPackDatasetIterator:
+    def __iter__(self) -> grain.DatasetIterator:
+        if self._options.algorithm == CONCAT:
+            return ConcatRowsIterator(self._parent.__iter__(), self._options)
         return _LLMPackDatasetIterator(self._parent.__iter__(), self._options)
 
     def __str__(self) -> str:
