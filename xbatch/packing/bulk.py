@@ -54,8 +54,7 @@ def pack_documents(
     pieces longest first (a stable sort: equal lengths keep corpus order), the tightest
     packing; each row still lists its pieces in corpus order. ``"concat_then_split"``
     puts the documents back to back and cuts a row every ``seq_len`` cells (the bins
-    are ignored; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` needs
-    ``num_packing_bins`` (see :mod:`xbatch.packing.rolling`).
+    are ignored; see :mod:`xbatch.packing.concat_rows`).
 
     Args:
       tokens: int[total], the documents' tokens back to back (any integer dtype that fits
@@ -66,7 +65,7 @@ def pack_documents(
       pad_token_id: fills cells no document covers.
       num_packing_bins: bins per window (>= 1), or None for one window over the corpus.
       algorithm: ``"first_fit"``, ``"best_fit"``, ``"concat_then_split"``,
-        ``"rolling_best_fit"``, ``"first_fit_decreasing"`` or ``"best_fit_decreasing"``.
+        ``"first_fit_decreasing"`` or ``"best_fit_decreasing"``.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` for documents whose
         tokens plus EOD exceed ``seq_len`` (see :mod:`xbatch.packing.pieces`).
       shift: ``"inputs"`` (inputs shifted right, the seed's layout) or ``"targets"``

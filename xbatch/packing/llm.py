@@ -84,8 +84,7 @@ class LLMPackIterDataset(grain.IterDataset):
       algorithm: ``"first_fit"`` or ``"best_fit"`` (grain's windows, above);
         ``"concat_then_split"`` (the documents back to back, cut every ``seq_len`` cells:
         grain's ``ConcatThenSplitIterDataset``; ``num_packing_bins`` rows are laid out at
-        once; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` (bins stay
-        open; see :mod:`xbatch.packing.rolling`).
+        once; see :mod:`xbatch.packing.concat_rows`).
       long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
         into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).

@@ -27,10 +27,10 @@ from .._checks import describe
 LONG_DOCUMENTS = ("split", "truncate", "error")
 # Whole-corpus placement, longest piece first, with the online rule it then applies.
 DECREASING = {"first_fit_decreasing": "first_fit", "best_fit_decreasing": "best_fit"}
-# Beyond grain's window rule: whole documents cut at row borders, and open bins.
+# Beyond grain's window rule: whole documents cut at row borders (and, soon, open bins).
 CONCAT = "concat_then_split"
 ROLLING = "rolling_best_fit"
-STREAM_ALGORITHMS = (*kernels.ALGORITHMS, CONCAT, ROLLING)
+STREAM_ALGORITHMS = (*kernels.ALGORITHMS, CONCAT)
 BULK_ALGORITHMS = (*STREAM_ALGORITHMS, *DECREASING)
 SHIFTS = ("inputs", "targets")
 _INT32 = np.iinfo(np.int32)
