@@ -235,14 +235,14 @@ def test_split_and_truncate_statistics(backend):
     docs = [list(range(1, 11)), [0, 0], []]  # 10 tokens + EOD = 11 cells > 8
     split_batch, split = pack_documents(*_flat(docs), seq_len=8, eod_token_id=E, return_stats=True)
     assert split == PackingStats(rows=2, documents=3, pieces=4, tokens=15, capacity=16,
-                                 tokens_truncated=0, documents_split=1)
+                                 tokens_truncated=0, documents_split=1, loss_tokens=15)
     np.testing.assert_array_equal(split_batch.targets[0], [1, 2, 3, 4, 5, 6, 7, 8])
     np.testing.assert_array_equal(split_batch.targets[1], [9, 10, E, 0, 0, E, E, 0])
     np.testing.assert_array_equal(split_batch.targets_segmentation[1], [1, 1, 1, 2, 2, 2, 3, 0])
     truncated_batch, truncated = pack_documents(*_flat(docs), seq_len=8, eod_token_id=E,
                                                 long_documents="truncate", return_stats=True)
     assert truncated == PackingStats(rows=2, documents=3, pieces=3, tokens=12, capacity=16,
-                                     tokens_truncated=3, documents_split=0)
+                                     tokens_truncated=3, documents_split=0, loss_tokens=12)
     np.testing.assert_array_equal(truncated_batch.targets[0], [1, 2, 3, 4, 5, 6, 7, 8])  # EOD dropped too
     assert truncated.fill_ratio == pytest.approx(12 / 16)
     iterator = iter(_stream(docs, seq_len=8, num_packing_bins=2))
@@ -338,7 +338,8 @@ def test_packer_is_str_and_checks_arguments():
     ({"tokens": np.array([1, 2, 3]), "lengths": np.array([1, 1])}, ValueError, "lengths"),
     ({"tokens": np.array([1, 2, 3]), "lengths": np.array([4, -1])}, ValueError, "lengths"),
     ({"tokens": np.array([1.5]), "lengths": np.array([1])}, TypeError, "tokens"),
-    ({"tokens": np.array([1])}, ValueError, "lengths"),
+    ({"lengths": np.array([1])}, ValueError, "tokens"),
+    ({"token": np.array([1])}, ValueError, "tokens"),
 ])
 def test_bad_parent_elements_are_named(backend, element, error, message):
     with pytest.raises(error, match=message):
@@ -386,7 +387,8 @@ def test_window_documents_example(backend):
     np.testing.assert_array_equal(borders[:, 0], [1, 0, 0, 1, 1, 1, 1, 1])
     np.testing.assert_array_equal(borders[2], [0, 0, 1, 0])
     assert np.all(batch.targets[5:] == 0) and np.all(batch.inputs_segmentation[5:] == 0)
-    assert stats == PackingStats(rows=8, documents=3, pieces=5, tokens=14, capacity=32, documents_split=1)
+    assert stats == PackingStats(rows=8, documents=3, pieces=5, tokens=14, capacity=32, documents_split=1,
+                                 loss_tokens=14)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,7 +26,9 @@ from .pieces import (
     check_choice,
     check_token_id,
     document_pieces,
+    documents_loss_mask,
     lay_out_rows,
+    loss_tokens_per_row,
     place_until_full,
 )
 from .stats import PackingStats
@@ -44,6 +46,10 @@ def pack_documents(
     long_documents: str = "split",
     shift: str = "inputs",
     return_stats: bool = False,
+    loss_mask: Any = None,
+    prompt_lengths: Any = None,
+    train_on_eod: bool = True,
+    max_documents_per_row: int | None = None,
 ) -> LLMBatch | tuple[LLMBatch, PackingStats]:
     """Packs a whole corpus into rows of ``seq_len`` tokens in the LLM layout.
 
@@ -71,6 +77,15 @@ def pack_documents(
       shift: ``"inputs"`` (inputs shifted right, the seed's layout) or ``"targets"``
         (targets shifted left; see :func:`xbatch.packing.pieces.llm_fields`).
       return_stats: also return the :class:`PackingStats` of this call.
+      loss_mask: int or bool [total], 1 where a token is trained on, aligned with
+        ``tokens``; or None.
+      prompt_lengths: int[documents], tokens at the start of each document not trained on
+        (``0 <= prompt_lengths <= lengths``); or None. At most one of the two; without
+        either every token is trained on. A target not trained on has
+        ``targets_segmentation == 0`` (see :class:`LLMPackIterDataset`).
+      train_on_eod: whether each document's EOD target is trained on.
+      max_documents_per_row: at most this many pieces (segments) per row (grain's
+        ``max_sequences_per_bin``), or None for no cap.
 
     Returns:
       An :class:`LLMBatch` of int32 NumPy arrays [rows, seq_len] (and the stats).
@@ -81,6 +96,7 @@ def pack_documents(
     check_choice("algorithm", algorithm, BULK_ALGORITHMS)
     check_choice("long_documents", long_documents, LONG_DOCUMENTS)
     check_choice("shift", shift, SHIFTS)
+    cap = None if max_documents_per_row is None else positive_int("max_documents_per_row", max_documents_per_row)
     if num_packing_bins is not None:
         num_packing_bins = positive_int("num_packing_bins", num_packing_bins)
         if algorithm in DECREASING:
@@ -90,18 +106,21 @@ def pack_documents(
             )
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
+    mask = documents_loss_mask(lengths, loss_mask, prompt_lengths)
     if algorithm == CONCAT:
+        _check_concat_options(mask, train_on_eod, cap)
         fields, stats = pack_concat(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
                                     pad_token_id=pad_token_id, long_documents=long_documents, shift=shift)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                             long_documents=long_documents)
+                             long_documents=long_documents, loss_mask=mask, eod_loss=int(bool(train_on_eod)))
     if num_packing_bins is None:
-        bins, num_rows = _place_corpus(pieces.lengths, seq_len, algorithm)
+        bins, num_rows = _place_corpus(pieces.lengths, seq_len, algorithm, cap)
     else:
-        bins, num_rows = _place_windows(pieces.lengths, seq_len, num_packing_bins, algorithm)
+        bins, num_rows = _place_windows(pieces.lengths, seq_len, num_packing_bins, algorithm, cap)
     fields = lay_out_rows(pieces.tokens, pieces.lengths[:, 0], bins, num_rows=num_rows, seq_len=seq_len,
-                          eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift)
+                          eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift,
+                          loss_mask=pieces.loss_mask)
     batch = LLMBatch(**fields)
     if not return_stats:
         return batch
@@ -113,18 +132,30 @@ def pack_documents(
         capacity=num_rows * seq_len,
         tokens_truncated=int(pieces.truncated.sum()),
         documents_split=int(pieces.starts_split_document.sum()),
+        loss_tokens=int(loss_tokens_per_row(pieces.lengths[:, 0], bins, num_rows, pieces.loss_mask, shift).sum()),
     )
     return batch, stats
 
 
-def _place_corpus(lengths: np.ndarray, seq_len: int, algorithm: str) -> tuple[np.ndarray, int]:
-    """(row of every piece, rows) for one window over all pieces."""
+def _check_concat_options(mask: np.ndarray | None, train_on_eod: bool, cap: int | None) -> None:
+    if mask is not None or not train_on_eod or cap is not None:
+        raise ValueError(
+            "algorithm='concat_then_split' does not take loss masks, prompt lengths, train_on_eod=False or "
+            "max_documents_per_row yet; use 'first_fit' or 'best_fit'"
+        )
+
+
+def _place_corpus(lengths: np.ndarray, seq_len: int, algorithm: str, cap: int | None) -> tuple[np.ndarray, int]:
+    """(row of every piece, rows) for one window over all pieces, at most ``cap`` per row."""
     num_pieces = lengths.shape[0]
-    # Any two rows of a first-/best-fit packing hold more than seq_len tokens together
-    # (the later row's first piece did not fit the earlier row), so at most one row is
-    # half full or less: the rows never exceed 2 * tokens / seq_len + 1.
-    num_bins = max(1, min(num_pieces, 2 * int(lengths.sum()) // seq_len + 1))
-    packer = kernels.BinPacker(seq_len, num_bins=num_bins, algorithm=DECREASING.get(algorithm, algorithm))
+    # Any two rows of a first-/best-fit packing below the cap hold more than seq_len
+    # tokens together (the later row's first piece did not fit the earlier row), so at
+    # most one of them is half full or less: they never exceed 2 * tokens / seq_len + 1.
+    # At most pieces / cap rows are at the cap.
+    at_cap = 0 if cap is None else num_pieces // cap
+    num_bins = max(1, min(num_pieces, 2 * int(lengths.sum()) // seq_len + 1 + at_cap))
+    packer = kernels.BinPacker(seq_len, num_bins=num_bins, max_items_per_bin=cap,
+                               algorithm=DECREASING.get(algorithm, algorithm))
     bins = np.empty(num_pieces, dtype=np.int64)
     if algorithm in DECREASING:
         order = np.argsort(-lengths[:, 0], kind="stable")
@@ -137,9 +168,10 @@ def _place_corpus(lengths: np.ndarray, seq_len: int, algorithm: str) -> tuple[np
     return bins, packer.num_used_bins
 
 
-def _place_windows(lengths: np.ndarray, seq_len: int, num_bins: int, algorithm: str) -> tuple[np.ndarray, int]:
-    """(row of every piece, rows) with grain's windows of ``num_bins`` bins."""
-    packer = kernels.BinPacker(seq_len, num_bins=num_bins, algorithm=algorithm)
+def _place_windows(lengths: np.ndarray, seq_len: int, num_bins: int, algorithm: str,
+                   cap: int | None) -> tuple[np.ndarray, int]:
+    """(row of every piece, rows) with grain's windows of ``num_bins`` bins, at most ``cap`` per row."""
+    packer = kernels.BinPacker(seq_len, num_bins=num_bins, max_items_per_bin=cap, algorithm=algorithm)
     bins = np.empty(lengths.shape[0], dtype=np.int64)
     start, rows = 0, 0
     while start < lengths.shape[0]:
@@ -160,6 +192,9 @@ def window_documents(
     pad_token_id: int = 0,
     batch_size: int | None = None,
     return_stats: bool = False,
+    loss_mask: Any = None,
+    prompt_lengths: Any = None,
+    train_on_eod: bool = True,
 ) -> LLMIndexedBatch | tuple[LLMIndexedBatch, PackingStats]:
     """Cuts every document into consecutive windows of ``seq_len`` tokens, one per row.
 
@@ -183,6 +218,8 @@ def window_documents(
       tokens, lengths, seq_len, eod_token_id, pad_token_id: as for :func:`pack_documents`.
       batch_size: if given (>= 1), padding rows make the number of rows a multiple of it.
       return_stats: also return the :class:`PackingStats` (capacity includes padding rows).
+      loss_mask, prompt_lengths, train_on_eod: which targets are trained on, as for
+        :func:`pack_documents`: a target not trained on has ``targets_segmentation == 0``.
 
     Returns:
       An :class:`LLMIndexedBatch` of NumPy arrays: int32 [rows, seq_len] fields, int32
@@ -194,8 +231,9 @@ def window_documents(
     multiple = 1 if batch_size is None else positive_int("batch_size", batch_size)
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
+    mask = documents_loss_mask(lengths, loss_mask, prompt_lengths)
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                             long_documents="split")
+                             long_documents="split", loss_mask=mask, eod_loss=int(bool(train_on_eod)))
     num_pieces = len(pieces)
     num_rows = -(-num_pieces // multiple) * multiple
     piece_lengths, rows = pieces.lengths[:, 0], np.arange(num_pieces, dtype=np.int64)
@@ -215,13 +253,19 @@ def window_documents(
     positions[:num_pieces] += (sequence_idx[:num_pieces, None] * seq_len) * (segmentation[:num_pieces] > 0)
     borders = kernels.document_borders(segmentation)
     borders[:, 0] = sequence_idx == 0
+    targets_segmentation = np.empty_like(segmentation)
+    if pieces.loss_mask is None:
+        np.copyto(targets_segmentation, segmentation)
+    else:
+        kernels.scatter_rows(pieces.loss_mask, piece_lengths, rows, targets_segmentation, padding=0)
+        np.multiply(targets_segmentation, segmentation, out=targets_segmentation)
     batch = LLMIndexedBatch(
         inputs=inputs,
         targets=targets,
         inputs_position=positions,
         inputs_segmentation=segmentation,
         targets_position=positions.copy(),
-        targets_segmentation=segmentation.copy(),
+        targets_segmentation=targets_segmentation,
         _document_borders=borders,
         document_idx=document_idx,
         sequence_idx=sequence_idx,
@@ -235,5 +279,6 @@ def window_documents(
         tokens=pieces.tokens.shape[0],
         capacity=num_rows * seq_len,
         documents_split=int(pieces.starts_split_document.sum()),
+        loss_tokens=int(np.count_nonzero(targets_segmentation)),
     )
     return batch, stats

@@ -115,6 +115,11 @@ class ConcatRowsIterator(grain.DatasetIterator):
                 raise ValueError(
                     f"parent element: a ragged chunk needs the keys 'tokens' and 'lengths', got keys {sorted(element)}"
                 )
+            if "loss_mask" in element or "prompt_lengths" in element:  # never drop a mask silently
+                raise ValueError(
+                    "parent element: algorithm='concat_then_split' does not take loss masks yet; use 'first_fit' or "
+                    "'best_fit' for chunks with 'loss_mask' or 'prompt_lengths'"
+                )
             tokens = as_tokens("tokens", element["tokens"])
             lengths = as_lengths(element["lengths"], tokens.shape[0])
             source = "the ragged chunk"

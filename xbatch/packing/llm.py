@@ -24,7 +24,9 @@ from .pieces import (
     check_choice,
     check_token_id,
     document_pieces,
+    documents_loss_mask,
     lay_out_rows,
+    loss_tokens_per_row,
     place_until_full,
 )
 from .stats import PackingStats
@@ -41,6 +43,8 @@ class _Options:
     shift: str
     shuffle_bins: bool
     seed: int
+    train_on_eod: bool = True
+    max_documents_per_row: int | None = None
 
 
 class LLMPackIterDataset(grain.IterDataset):
@@ -66,6 +70,15 @@ class LLMPackIterDataset(grain.IterDataset):
     int[documents]}`` of many documents back to back (other keys are ignored). A chunk
     yields exactly the rows its documents yield one by one, without a Python object per
     document.
+
+    Loss masks (fine-tuning, chat, prefix-LM): a document may be a dict ``{"tokens": ...,
+    "loss_mask": 0/1 per token}`` or ``{"tokens": ..., "prompt_length": n}`` (its first
+    ``n`` tokens are not trained on); a chunk may carry ``"loss_mask"`` (flat, aligned with
+    ``"tokens"``) or ``"prompt_lengths"`` (one per document). Documents without one are
+    trained on everywhere; the EOD is trained on unless ``train_on_eod=False``. A target
+    not trained on has ``targets_segmentation == 0``; inputs, ``inputs_segmentation`` and
+    positions are what they are without masks. The mask travels with its tokens through
+    splitting, truncating and ``shift="targets"``.
 
     Each element is a dict of int32 [seq_len] arrays: ``inputs``, ``targets``,
     ``inputs_position``, ``inputs_segmentation``, ``targets_position``,
@@ -94,6 +107,10 @@ class LLMPackIterDataset(grain.IterDataset):
       shuffle_bins: emit each window's rows in a random order (grain's rule: permutation
         seeded with ``seed`` + rows emitted before the window).
       seed: the shuffle seed.
+      train_on_eod: whether the EOD target of each document is trained on.
+      max_documents_per_row: at most this many pieces (segments) per row, or None (no
+        cap): grain's ``max_sequences_per_bin`` rule, for attention kernels with a static
+        segment count. A row that reached the cap takes no more pieces.
     """
 
     def __init__(
@@ -109,6 +126,8 @@ class LLMPackIterDataset(grain.IterDataset):
         shift: str = "inputs",
         shuffle_bins: bool = False,
         seed: int = 0,
+        train_on_eod: bool = True,
+        max_documents_per_row: int | None = None,
     ):
         super().__init__(parent)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -123,7 +142,17 @@ class LLMPackIterDataset(grain.IterDataset):
             shift=check_choice("shift", shift, SHIFTS),
             shuffle_bins=bool(shuffle_bins),
             seed=int(seed),
+            train_on_eod=bool(train_on_eod),
+            max_documents_per_row=(
+                None if max_documents_per_row is None
+                else positive_int("max_documents_per_row", max_documents_per_row)
+            ),
         )
+        if self._options.algorithm == CONCAT and (not train_on_eod or max_documents_per_row is not None):
+            raise ValueError(
+                "algorithm='concat_then_split' does not take train_on_eod=False or max_documents_per_row yet; "
+                "use 'first_fit' or 'best_fit'"
+            )
 
     def __iter__(self) -> grain.DatasetIterator:
         if self._options.algorithm == CONCAT:
@@ -139,27 +168,49 @@ class _Window:
     """The pieces placed into the open window, in placement order.
 
     Single short documents are the common streaming case: they are kept as plain Python
-    numbers until the window closes, and turned into arrays in one go.
+    numbers until the window closes, and turned into arrays in one go. Loss masks are
+    kept next to the tokens (``masks``, one array per array of ``tokens``) from the first
+    masked element on; before that (and in windows without masks) every cell is trained
+    on, which ``eod_loss=0`` rules out from the start.
     """
 
-    def __init__(self, eod_token_id: int):
+    def __init__(self, eod_token_id: int, eod_loss: int):
         self._eod = np.array([eod_token_id], dtype=np.int32)
+        self._eod_mask = np.array([eod_loss], dtype=np.int32)
         self.tokens: list[np.ndarray] = []
+        self.masks: list[np.ndarray] | None = None if eod_loss else []
         self._parts: list[tuple[np.ndarray, ...]] = []  # (lengths, bins, starts_document, starts_split, truncated)
         self._single_lengths: list[int] = []
         self._single_bins: list[int] = []
 
-    def add_document(self, document: np.ndarray, bin_index: int) -> None:
-        """Adds one document that fits a row whole, placed into ``bin_index``."""
+    def _start_masks(self) -> None:
+        if self.masks is None:  # so far every cell, EODs included, was trained on
+            self.masks = [np.ones(tokens.shape[0], np.int32) for tokens in self.tokens]
+
+    def add_document(self, document: np.ndarray, mask: np.ndarray | None, bin_index: int) -> None:
+        """Adds one document (and its int32 loss mask, or None) that fits a row whole,
+        placed into ``bin_index``."""
+        if mask is not None:
+            self._start_masks()
         self.tokens.append(document)
         self.tokens.append(self._eod)
+        if self.masks is not None:
+            self.masks.append(np.ones(document.shape[0], np.int32) if mask is None else mask)
+            self.masks.append(self._eod_mask)
         self._single_lengths.append(document.shape[0] + 1)
         self._single_bins.append(bin_index)
 
     def add_pieces(self, pieces: Pieces, start: int, stop: int, bins: np.ndarray) -> None:
         """Adds ``pieces[start:stop]``, placed into ``bins[start:stop]``."""
         self._flush_documents()
-        self.tokens.append(pieces.tokens[pieces.offsets[start]:pieces.offsets[stop]])
+        cells = slice(pieces.offsets[start], pieces.offsets[stop])
+        if pieces.loss_mask is not None:
+            self._start_masks()
+        self.tokens.append(pieces.tokens[cells])
+        if self.masks is not None:
+            self.masks.append(
+                np.ones(cells.stop - cells.start, np.int32) if pieces.loss_mask is None else pieces.loss_mask[cells]
+            )
         self._parts.append((
             pieces.lengths[start:stop, 0], bins[start:stop], pieces.starts_document[start:stop],
             pieces.starts_split_document[start:stop], pieces.truncated[start:stop],
@@ -179,6 +230,10 @@ class _Window:
         self._flush_documents()
         return (np.concatenate(self.tokens), *(np.concatenate(column) for column in zip(*self._parts)))
 
+    def loss_mask(self) -> np.ndarray | None:
+        """int32 0/1 aligned with the tokens of :meth:`columns`, or None (all 1)."""
+        return None if self.masks is None else np.concatenate(self.masks)
+
 
 class _LLMPackDatasetIterator(grain.DatasetIterator):
     """Packs one window at a time and emits its rows.
@@ -197,6 +252,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._options = options
         self._packer = kernels.BinPacker(options.seq_len, num_bins=options.num_packing_bins,
+                                         max_items_per_bin=options.max_documents_per_row,
                                          algorithm=options.algorithm)
         self._next_row = 0
         self._counter = 0
@@ -212,7 +268,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
     def _start_window(self, parent_state: Any, piece: int) -> None:
         """Forgets everything packed; the next window starts at ``piece`` of the next element."""
         self._packer.reset()
-        self._window = _Window(self._options.eod_token_id)
+        self._window = _Window(self._options.eod_token_id, int(self._options.train_on_eod))
         self._window_start = {"parent": parent_state, "piece": piece}
         self._element: Pieces | None = None
         self._element_state = parent_state
@@ -248,6 +304,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         totals.documents += row_stats[2]
         totals.documents_split += row_stats[3]
         totals.tokens_truncated += row_stats[4]
+        totals.loss_tokens += row_stats[5]
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:
@@ -278,51 +335,56 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                     raise
                 return self._close_window(state, 0)
             self._element_state = state
-            if skip is None and not isinstance(element, Mapping):
-                document = as_tokens("document", element)
+            if skip is None and not (isinstance(element, Mapping) and "lengths" in element):
+                document, mask = _document(element)
                 if document.shape[0] < self._options.seq_len:  # fits a row whole, with its EOD
                     bin_index = self._packer.place_one(document.shape[0] + 1)
                     if bin_index >= 0:
-                        self._window.add_document(document, bin_index)
+                        self._window.add_document(document, mask, bin_index)
                         self._element, self._cursor = None, 0
                         continue
-                element = document
+                element = (document, mask)
             self._element = self._pieces_of(element)
             self._element_bins = np.empty(len(self._element), dtype=np.int64)
             self._cursor, skip = skip or 0, None
 
     def _pieces_of(self, element: Any) -> Pieces:
+        """The pieces of a ragged chunk, a document, or a ``(document, mask)`` pair."""
         options = self._options
-        if isinstance(element, Mapping):
-            if "tokens" not in element or "lengths" not in element:
+        if isinstance(element, Mapping) and "lengths" in element:
+            if "tokens" not in element:
                 raise ValueError(
                     f"parent element: a ragged chunk needs the keys 'tokens' and 'lengths', got keys {sorted(element)}"
                 )
             tokens = as_tokens("tokens", element["tokens"])
             lengths = as_lengths(element["lengths"], tokens.shape[0])
+            mask = documents_loss_mask(lengths, element.get("loss_mask"), element.get("prompt_lengths"))
             source = "the ragged chunk"
         else:
-            tokens = as_tokens("document", element)
+            tokens, mask = element if isinstance(element, tuple) else _document(element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
             source = "the parent element (a single document)"
         return document_pieces(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                               long_documents=options.long_documents, source=source)
+                               long_documents=options.long_documents, source=source, loss_mask=mask,
+                               eod_loss=int(options.train_on_eod))
 
     def _close_window(self, next_parent_state: Any, next_piece: int) -> None:
         """Packs the window's rows; the next window starts at ``next_piece`` of the element
         read from ``next_parent_state``."""
         options = self._options
         tokens, lengths, bins, starts_document, starts_split, truncated = self._window.columns()
+        loss_mask = self._window.loss_mask()
         num_rows = self._packer.num_used_bins
         self._fields = lay_out_rows(
             tokens, lengths, bins, num_rows=num_rows, seq_len=options.seq_len,
             eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
-            shift=options.shift, empty=self._pool.empty,
+            shift=options.shift, loss_mask=loss_mask, empty=self._pool.empty,
         )
-        # Per row: tokens, pieces, documents, split documents, truncated tokens.
+        # Per row: tokens, pieces, documents, split documents, truncated tokens, loss tokens.
         columns = (lengths, None, starts_document, starts_split, truncated)
         self._row_stats = np.stack(
-            [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns], axis=1
+            [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns]
+            + [loss_tokens_per_row(lengths, bins, num_rows, loss_mask, options.shift)], axis=1
         ).astype(np.int64).tolist()
         if options.shuffle_bins:
             seed = options.seed + self._counter - self._next_row
@@ -332,4 +394,25 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._num_rows = num_rows
         self._next_window_start = {"parent": next_parent_state, "piece": next_piece}
         self._packer.reset()
-        self._window = _Window(options.eod_token_id)
+        self._window = _Window(options.eod_token_id, int(options.train_on_eod))
+
+
+def _document(element: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int32 tokens, int32 0/1 loss mask or None) of a document element: a token array or
+    list, ``{"tokens", "loss_mask"}`` or ``{"tokens", "prompt_length"}``."""
+    if not isinstance(element, Mapping):
+        return as_tokens("document", element), None
+    if "tokens" not in element:
+        raise ValueError(
+            "parent element: expected a document (token array, or a dict with 'tokens' and optionally "
+            f"'loss_mask' or 'prompt_length') or a ragged chunk ('tokens', 'lengths'), got keys {sorted(element)}"
+        )
+    tokens = as_tokens("tokens", element["tokens"])
+    prompt_length = element.get("prompt_length")
+    if prompt_length is not None:
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
+            raise TypeError(f"prompt_length: expected an integer, got {prompt_length!r}")
+        prompt_length = [prompt_length]
+    mask = documents_loss_mask(np.array([tokens.shape[0]], np.int64), element.get("loss_mask"), prompt_length,
+                               prompt_name="prompt_length")
+    return tokens, mask

@@ -11,6 +11,14 @@ thus needs ``d + 1`` cells; when that exceeds the row length ``seq_len``:
 - ``"error"`` raises a ``ValueError`` naming the document and its length.
 
 Token id 0 is a token like any other: lengths always come from the caller's arrays.
+
+Loss masks: every cell of a piece carries a 0/1 mask, 1 where the packed token is a
+target trained on. A document's mask comes from the caller (one value per token, or a
+prompt length: its first ``n`` tokens are not trained on; none: every token is) and its
+EOD gets ``eod_loss`` (1 unless the caller says otherwise). The mask is cut and dropped
+with its tokens, so ``"split"`` and ``"truncate"`` keep each token's mask with the token.
+In the rows a target not trained on has ``targets_segmentation == 0``; inputs, the
+inputs segmentation and positions do not change (see :func:`llm_fields`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ class Pieces:
       starts_split_document: bool[pieces], the piece is the first of several.
       truncated: int64[pieces], tokens ``"truncate"`` dropped from the piece's document.
       num_documents: documents these pieces came from.
+      loss_mask: int32[sum of piece lengths], 1 where the token is trained on, 0 where
+        not, aligned with ``tokens``; None when every token is trained on.
     """
 
     tokens: np.ndarray
@@ -57,6 +67,7 @@ class Pieces:
     starts_split_document: np.ndarray
     truncated: np.ndarray
     num_documents: int
+    loss_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
@@ -114,8 +125,82 @@ def as_lengths(value: Any, num_tokens: int) -> np.ndarray:
     return array
 
 
+def as_loss_mask(name: str, value: Any, num_tokens: int) -> np.ndarray:
+    """A per-token loss mask as int32[num_tokens] of 0/1, or a TypeError/ValueError naming ``name``.
+
+    Takes bools or integers 0 and 1 (1: the token is trained on).
+    """
+    if type(value) is np.ndarray and value.dtype == np.int32 and value.ndim == 1 and value.shape[0] == num_tokens:
+        array = value  # checked below without a copy
+    else:
+        array = np.asarray(value)
+        if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
+            array = array.astype(np.int32)
+        if array.dtype != bool and array.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected a mask of bools or 0/1 integers, got {describe(array)}")
+        if array.shape != (num_tokens,):
+            raise ValueError(
+                f"{name}: expected one value per token, shape ({num_tokens},), got {describe(array)}"
+            )
+        if array.dtype == bool:
+            return array.astype(np.int32)
+    if array.size and (array.min() < 0 or array.max() > 1):
+        bad = int(np.flatnonzero((array < 0) | (array > 1))[0])
+        raise ValueError(f"{name}: expected 0 or 1 per token, got {array[bad]} at token {bad}")
+    return array.astype(np.int32, copy=False)
+
+
+def prompt_loss_mask(name: str, value: Any, lengths: np.ndarray) -> np.ndarray:
+    """int32[sum(lengths)]: 0 on each document's first ``value[i]`` tokens (its prompt), 1 after.
+
+    Args:
+      name: names ``value`` in errors.
+      value: int[documents], prompt tokens per document, ``0 <= value[i] <= lengths[i]``.
+      lengths: int64[documents] >= 0, tokens per document.
+    """
+    array = np.asarray(value)
+    if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int64)
+    if array.dtype == bool or array.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer prompt lengths, got {describe(array)}")
+    if array.shape != lengths.shape:
+        raise ValueError(
+            f"{name}: expected one prompt length per document, shape {lengths.shape}, got {describe(array)}"
+        )
+    array = array.astype(np.int64, copy=False)
+    bad = (array < 0) | (array > lengths)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name}: expected 0 <= prompt length <= document length, got {array[first]} for "
+            f"document {first} of {lengths[first]} tokens"
+        )
+    # A token is trained on from its document's start + prompt length on.
+    starts = np.cumsum(lengths) - lengths
+    first_trained = np.repeat(starts + array, lengths)
+    return (np.arange(first_trained.shape[0]) >= first_trained).astype(np.int32)
+
+
+def documents_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: Any = None, *,
+                        mask_name: str = "loss_mask",
+                        prompt_name: str = "prompt_lengths") -> np.ndarray | None:
+    """The per-token int32 0/1 mask of documents given back to back, or None (all trained on).
+
+    At most one of ``loss_mask`` (one 0/1 per token) and ``prompt_lengths`` (one per
+    document) may be given.
+    """
+    if loss_mask is not None and prompt_lengths is not None:
+        raise ValueError(f"{mask_name}, {prompt_name}: expected at most one of them, got both")
+    if loss_mask is not None:
+        return as_loss_mask(mask_name, loss_mask, int(lengths.sum()))
+    if prompt_lengths is not None:
+        return prompt_loss_mask(prompt_name, prompt_lengths, lengths)
+    return None
+
+
 def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int,
-                    long_documents: str, source: str = "lengths") -> Pieces:
+                    long_documents: str, source: str = "lengths", loss_mask: np.ndarray | None = None,
+                    eod_loss: int = 1) -> Pieces:
     """Cuts documents given back to back into EOD-terminated pieces of at most ``seq_len``.
 
     Args:
@@ -125,17 +210,26 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
       eod_token_id: appended to every document.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` (see the module docstring).
       source: names where the documents come from in the ``"error"`` message.
+      loss_mask: int32[sum(lengths)] of 0/1 aligned with ``tokens`` (see
+        :func:`documents_loss_mask`), or None: every token is trained on.
+      eod_loss: the mask of every EOD (1: trained on, 0: not).
 
     Returns:
-      The pieces, in document order; vectorized over documents (no Python loop per document).
+      The pieces, in document order; vectorized over documents (no Python loop per
+      document). Their ``loss_mask`` is None when every cell is trained on.
     """
     cells = lengths + 1  # each document plus its EOD
-    stream = np.insert(tokens, np.cumsum(lengths), np.int32(eod_token_id))
+    ends = np.cumsum(lengths)
+    stream = np.insert(tokens, ends, np.int32(eod_token_id))
+    mask = None
+    if loss_mask is not None or not eod_loss:
+        mask = np.insert(np.ones(tokens.shape[0], np.int32) if loss_mask is None else loss_mask, ends,
+                         np.int32(eod_loss))
     num_documents = lengths.shape[0]
     too_long = cells > seq_len
     if not too_long.any():
         return _pieces(stream, cells, np.ones(num_documents, bool), np.zeros(num_documents, bool),
-                       np.zeros(num_documents, np.int64), num_documents)
+                       np.zeros(num_documents, np.int64), num_documents, mask)
     if long_documents == "error":
         first = int(np.flatnonzero(too_long)[0])
         raise ValueError(
@@ -152,7 +246,7 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
         edges[(document_starts + cells)[too_long]] = 1
         keep = np.cumsum(edges[:-1], dtype=np.int8) == 0
         return _pieces(stream[keep], kept, np.ones(num_documents, bool), np.zeros(num_documents, bool),
-                       cells - kept, num_documents)
+                       cells - kept, num_documents, None if mask is None else mask[keep])
     per_document = (cells + seq_len - 1) // seq_len
     first_piece = np.cumsum(per_document) - per_document
     piece_lengths = np.full(int(per_document.sum()), seq_len, dtype=np.int64)
@@ -162,18 +256,19 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
     starts_split = np.zeros(piece_lengths.shape[0], bool)
     starts_split[first_piece[per_document > 1]] = True
     return _pieces(stream, piece_lengths, starts_document, starts_split,
-                   np.zeros(piece_lengths.shape[0], np.int64), num_documents)
+                   np.zeros(piece_lengths.shape[0], np.int64), num_documents, mask)
 
 
-def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_documents) -> Pieces:
+def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_documents, mask) -> Pieces:
     offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return Pieces(tokens, lengths.reshape(-1, 1), offsets, starts_document, starts_split, truncated,
-                  num_documents)
+                  num_documents, mask)
 
 
 def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, num_rows: int,
                  seq_len: int, eod_token_id: int, pad_token_id: int, shift: str,
+                 loss_mask: np.ndarray | None = None,
                  empty: Callable[..., np.ndarray] = np.empty) -> dict[str, np.ndarray]:
     """The six LLM fields, int32 [num_rows, seq_len], of placed pieces (see :func:`llm_fields`).
 
@@ -181,14 +276,22 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
       tokens: int32[sum(lengths)], the pieces' tokens back to back in placement order.
       lengths: int64[n], tokens per piece.
       bins: int64[n], each piece's row.
+      loss_mask: int32[sum(lengths)] of 0/1 aligned with ``tokens``, or None (all 1).
       empty: ``empty(shape, dtype)`` gives each field's array, e.g. a
         :class:`~xbatch.packing.buffers.BufferPool`'s; every cell is written.
     """
     shape = (num_rows, seq_len)
     packed, segmentation, positions = (empty(shape, np.int32) for _ in range(3))
     pack_pieces(tokens, lengths, bins, packed, segmentation, positions, pad_token_id=pad_token_id)
+    trained = None
+    if loss_mask is not None:
+        # The mask packs exactly like its tokens; times the segment ids it is the
+        # segmentation of the targets trained on (a 0/1 mask keeps or zeroes each id).
+        trained = empty(shape, np.int32)
+        kernels.scatter_rows(loss_mask, lengths, bins, trained, padding=0)
+        np.multiply(trained, segmentation, out=trained)
     return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
-                      pad_token_id=pad_token_id, shift=shift, empty=empty)
+                      pad_token_id=pad_token_id, shift=shift, trained_segmentation=trained, empty=empty)
 
 
 def pack_pieces(tokens, lengths, bins, packed, segmentation, positions, *, pad_token_id: int) -> None:
@@ -203,9 +306,9 @@ def pack_pieces(tokens, lengths, bins, packed, segmentation, positions, *, pad_t
 
 
 def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarray, *, eod_token_id: int,
-               pad_token_id: int, shift: str,
+               pad_token_id: int, shift: str, trained_segmentation: np.ndarray | None = None,
                empty: Callable[..., np.ndarray] = np.empty) -> dict[str, np.ndarray]:
-    """The six LLM fields of packed rows; takes ownership of the three arrays given.
+    """The six LLM fields of packed rows; takes ownership of the arrays given.
 
     With ``shift="inputs"``, targets are the packed tokens and inputs the packed tokens
     shifted right with ``eod_token_id`` first; both share segmentations and positions (as
@@ -215,7 +318,11 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
     the last column is ``pad_token_id``, segmentation 0 and position 0 (no target). A
     piece's last token thus predicts the next piece's first token under the next piece's
     segment id; keep ``targets_segmentation == inputs_segmentation`` to train only on
-    predictions inside a document. The three new arrays come from ``empty(shape, dtype)``.
+    predictions inside a document. The new arrays come from ``empty(shape, dtype)``.
+
+    ``trained_segmentation`` (default: ``segmentation``) is the segmentation of the packed
+    tokens with 0 where a token is not trained on; the targets segmentation is made from
+    it (shifted with ``shift="targets"``), so a target not trained on has segmentation 0.
     """
 
     def new() -> np.ndarray:
@@ -228,7 +335,9 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
             "inputs_position": positions,
             "inputs_segmentation": segmentation,
             "targets_position": _copy(positions, new()),
-            "targets_segmentation": _copy(segmentation, new()),
+            "targets_segmentation": (
+                _copy(segmentation, new()) if trained_segmentation is None else trained_segmentation
+            ),
         }
     return {
         "inputs": packed,
@@ -236,13 +345,37 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
         "inputs_position": positions,
         "inputs_segmentation": segmentation,
         "targets_position": kernels.shift_left(positions, 0, out=new()),
-        "targets_segmentation": kernels.shift_left(segmentation, 0, out=new()),
+        "targets_segmentation": kernels.shift_left(
+            segmentation if trained_segmentation is None else trained_segmentation, 0, out=new()
+        ),
     }
 
 
 def _copy(source: np.ndarray, out: np.ndarray) -> np.ndarray:
     np.copyto(out, source)
     return out
+
+
+def loss_tokens_per_row(lengths: np.ndarray, bins: np.ndarray, num_rows: int, loss_mask: np.ndarray | None,
+                        shift: str) -> np.ndarray:
+    """int64[num_rows]: targets trained on per row (cells with ``targets_segmentation != 0``).
+
+    Args:
+      lengths, bins, loss_mask: the placed pieces, as for :func:`lay_out_rows`; every
+        row holds at least one piece.
+      shift: with ``"targets"`` a row's first cell is no target (column 0 of the inputs).
+    """
+    if lengths.shape[0] == 0:
+        return np.zeros(num_rows, np.int64)
+    starts = np.cumsum(lengths) - lengths
+    per_piece = lengths if loss_mask is None else np.add.reduceat(loss_mask, starts)
+    per_row = np.bincount(bins, weights=per_piece, minlength=num_rows).astype(np.int64)
+    if shift == "targets":
+        # Pieces go to their row's next free cell in this order: a row's first piece
+        # (first occurrence of its bin) starts at its column 0.
+        rows, first_piece = np.unique(bins, return_index=True)
+        per_row[rows] -= 1 if loss_mask is None else loss_mask[starts[first_piece]]
+    return per_row
 
 
 def place_until_full(packer, lengths: np.ndarray, out_bins: np.ndarray, start: int) -> tuple[int, bool]:

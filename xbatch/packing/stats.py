@@ -18,6 +18,10 @@ class PackingStats:
       capacity: cells offered by the emitted rows (rows x row length of the first feature).
       tokens_truncated: tokens dropped by ``long_documents="truncate"``.
       documents_split: documents cut into more than one piece by ``"split"``.
+      loss_tokens: targets trained on, the cells with ``targets_segmentation != 0`` (LLM
+        packers only; 0 for the grain drop-ins). Without loss masks this is ``tokens``
+        (``shift="inputs"``) or ``tokens - rows`` (``shift="targets"``: a row's first
+        token is no target).
     """
 
     rows: int = 0
@@ -27,12 +31,18 @@ class PackingStats:
     capacity: int = 0
     tokens_truncated: int = 0
     documents_split: int = 0
+    loss_tokens: int = 0
 
     @property
     def fill_ratio(self) -> float:
         """Real tokens / row capacity of the emitted rows (0.0 before any row)."""
         return self.tokens / self.capacity if self.capacity else 0.0
 
+    @property
+    def loss_ratio(self) -> float:
+        """Loss tokens / real tokens of the emitted rows (0.0 before any row)."""
+        return self.loss_tokens / self.tokens if self.tokens else 0.0
+
     def as_dict(self) -> dict[str, float]:
         """Every count and the fill ratio, e.g. for logging."""
-        return {**dataclasses.asdict(self), "fill_ratio": self.fill_ratio}
+        return {**dataclasses.asdict(self), "fill_ratio": self.fill_ratio, "loss_ratio": self.loss_ratio}
