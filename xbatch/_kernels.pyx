@@ -516,3 +516,80 @@ def shift_left(const token_t[:, ::1] rows, token_t fill, token_t[:, ::1] out):
                 memmove(&out[r, 0], &rows[r, 1], (length - 1) * sizeof(token_t))
             out[r, length - 1] = fill
     return np.asarray(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Attention metadata (issue 13): per-row segment lengths and offsets, flat cu_seqlens
+
+
+def attention_metadata(
+    const token_t[:, ::1] segmentation,
+    int64_t max_segments,
+    int32_t[:, ::1] out_lengths,
+    int32_t[:, ::1] out_offsets,
+    int32_t[::1] out_cu_seqlens,
+):
+    """Writes the segments of every row: lengths and start columns (-1 where a row has
+    fewer than ``max_segments``) and the cumulative lengths over all rows (the tail
+    repeats the total).
+
+    A segment is a run of one non-zero id; the ``k``-th run of a row (from 1) must have
+    id ``k``. Returns ``(status, row, column, max_seqlen)``: status 0 on success (row and
+    column -1), else the first run start in row-major order that breaks a rule: 1 when it
+    is segment ``max_segments + 1`` of its row, 2 when its id is not its run number
+    (max_seqlen is then 0 and the outputs are partly written).
+    """
+    cdef Py_ssize_t rows = segmentation.shape[0], length = segmentation.shape[1]
+    cdef Py_ssize_t r, c
+    cdef int64_t n, start, value, previous, cursor = 0, total = 0, longest = 0, run
+    cdef int status = 0
+    cdef Py_ssize_t bad_row = -1, bad_column = -1
+    if max_segments < 1:
+        raise ValueError(f"max_segments: expected an integer >= 1, got {max_segments}")
+    # Python ints: rows * max_segments must not wrap around before the comparison.
+    if (
+        out_lengths.shape[0] != rows or out_lengths.shape[1] != max_segments
+        or out_offsets.shape[0] != rows or out_offsets.shape[1] != max_segments + 1
+        or out_cu_seqlens.shape[0] != int(rows) * int(max_segments) + 1
+    ):
+        raise ValueError("out_lengths, out_offsets, out_cu_seqlens: expected shapes "
+                         "[rows, max_segments], [rows, max_segments + 1], [rows * max_segments + 1]")
+    with nogil:
+        out_cu_seqlens[0] = 0
+        for r in range(rows):
+            _fill(&out_lengths[r, 0], max_segments, <int32_t>-1)
+            _fill(&out_offsets[r, 0], max_segments + 1, <int32_t>-1)
+            n = 0
+            start = 0
+            previous = 0
+            for c in range(length + 1):
+                # One step past the row's end closes its last run.
+                value = segmentation[r, c] if c < length else 0
+                if value == previous:
+                    continue
+                if previous != 0:
+                    run = c - start
+                    out_lengths[r, n - 1] = <int32_t>run
+                    total += run
+                    cursor += 1
+                    out_cu_seqlens[cursor] = <int32_t>total
+                    if run > longest:
+                        longest = run
+                if value != 0:
+                    n += 1
+                    if value != n:
+                        status = 2
+                    elif n > max_segments:
+                        status = 1
+                    if status != 0:
+                        bad_row = r
+                        bad_column = c
+                        break
+                    out_offsets[r, n - 1] = <int32_t>c
+                    start = c
+                previous = value
+            if status != 0:
+                break
+        if status == 0:
+            _fill(&out_cu_seqlens[0] + cursor + 1, rows * max_segments - cursor, <int32_t>total)
+    return status, bad_row, bad_column, (longest if status == 0 else 0)

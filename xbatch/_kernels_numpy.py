@@ -252,3 +252,46 @@ def shift_left(rows: np.ndarray, fill, out: np.ndarray) -> np.ndarray:
     out[:, :-1] = rows[:, 1:]
     out[:, -1:] = fill
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Attention metadata (issue 13): per-row segment lengths and offsets, flat cu_seqlens
+
+
+def attention_metadata(segmentation, max_segments, out_lengths, out_offsets, out_cu_seqlens):
+    """Writes the segments of every row: lengths and start columns (-1 where a row has
+    fewer than ``max_segments``) and the cumulative lengths over all rows (the tail
+    repeats the total).
+
+    A segment is a run of one non-zero id; the ``k``-th run of a row (from 1) must have
+    id ``k``. Returns ``(status, row, column, max_seqlen)``: status 0 on success (row and
+    column -1), else the first run start in row-major order that breaks a rule: 1 when it
+    is segment ``max_segments + 1`` of its row, 2 when its id is not its run number.
+    """
+    previous = np.zeros_like(segmentation)
+    previous[:, 1:] = segmentation[:, :-1]
+    following = np.zeros_like(segmentation)
+    following[:, :-1] = segmentation[:, 1:]
+    nonzero = segmentation != 0
+    starts = nonzero & (segmentation != previous)
+    ends = nonzero & (segmentation != following)
+    run = np.cumsum(starts, axis=1)  # each cell's run number within its row
+    bad = starts & ((segmentation != run) | (run > max_segments))
+    if bad.any():
+        row, column = divmod(int(np.argmax(bad.reshape(-1))), segmentation.shape[1])
+        status = 2 if segmentation[row, column] != run[row, column] else 1
+        return status, row, column, 0
+    # Valid runs are contiguous and numbered in order, so starts and ends pair up.
+    start_rows, start_columns = np.nonzero(starts)
+    _, end_columns = np.nonzero(ends)
+    lengths = end_columns - start_columns + 1
+    slots = run[start_rows, start_columns] - 1
+    out_lengths.fill(-1)
+    out_lengths[start_rows, slots] = lengths
+    out_offsets.fill(-1)
+    out_offsets[start_rows, slots] = start_columns
+    total = np.cumsum(lengths)
+    out_cu_seqlens[0] = 0
+    out_cu_seqlens[1 : len(total) + 1] = total
+    out_cu_seqlens[len(total) + 1 :] = total[-1] if len(total) else 0
+    return 0, -1, -1, int(lengths.max()) if len(lengths) else 0

@@ -1,4 +1,5 @@
-"""Packers built on the kernels: grain drop-ins, the LLM packer and bulk packing.
+"""Packers built on the kernels: grain drop-ins, the LLM packer and bulk packing, and the
+attention metadata of packed batches.
 
 Names load on first use, so ``xbatch.packing.pieces`` (NumPy only) needs neither grain
 nor JAX, and bulk packing needs no grain.
@@ -12,6 +13,7 @@ _HOMES = {
     "FirstFitPackIterDataset": "grain_packers",
     "LLMPackIterDataset": "llm",
     "PackingStats": "stats",
+    "attention_metadata": "attention",
     "pack_documents": "bulk",
     "window_documents": "bulk",
 }

@@ -1,0 +1,142 @@
+"""What varlen / packed attention kernels take, computed on the host from segment ids.
+
+:func:`attention_metadata` turns the ``[B, L]`` segmentation of a packed batch (ids from
+1 per row, 0 = padding) into the per-row lengths and offsets of cuDNN's packed layout and
+Transformer Engine's THD layout, the flat ``cu_seqlens`` of FlashAttention's varlen
+kernels, and the per-row lengths of ``jax.nn.dot_product_attention``, in one pass over
+the tokens (compiled kernel, or its NumPy twin), so nothing is converted on the
+accelerator. docs/layout.rst shows each format on an example.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _backend, _kernels_numpy
+from .._checks import describe, positive_int
+
+__all__ = ["attention_metadata"]
+
+_COMPILED_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+# Every output is int32: offsets and lengths count cells of a row, cu_seqlens tokens of
+# the batch; and the flat arrays are indexed by int32 too in the kernels that read them.
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _segmentation(value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"segmentation: expected an integer array, got {describe(value)}")
+    if array.ndim != 2:
+        raise ValueError(f"segmentation: expected a 2-d array [batch, length], got {describe(value)}")
+    rows, length = array.shape
+    if rows * length > _INT32_MAX:  # checked before any copy of a (broadcast) input
+        raise ValueError(
+            f"segmentation: at most {_INT32_MAX} tokens per batch (int32 cu_seqlens), "
+            f"got {rows} x {length}"
+        )
+    if array.dtype not in _COMPILED_DTYPES:
+        # uint64 ids above int64's range cannot be valid ids anyway; cast without wrapping.
+        if array.size and array.dtype == np.uint64 and int(array.max()) > np.iinfo(np.int64).max:
+            raise ValueError(
+                f"segmentation: ids must be segment numbers 0..length, got {int(array.max())}"
+            )
+        array = array.astype(np.int64)
+    return np.ascontiguousarray(array)
+
+
+def attention_metadata(segmentation: Any, *, max_segments: int) -> dict[str, Any]:
+    """The attention metadata of a packed batch, as NumPy int32 arrays.
+
+    Args:
+      segmentation: int[B, L], the batch's ``inputs_segmentation``: in each row, segment
+        ``k`` (from 1) is one contiguous run of id ``k``, segments in order along the
+        row, 0 marks padding (anywhere: between segments too, as aligned packing leaves
+        it). Any integer dtype.
+      max_segments: M, the static number of segment slots per row (>= 1), e.g. the
+        packer's ``max_documents_per_row``.
+
+    Returns:
+      A dict:
+
+      * ``seq_lengths`` int32[B, M]: tokens of segment ``k`` of row ``b`` at ``[b, k - 1]``,
+        -1 in unused slots;
+      * ``seq_offsets`` int32[B, M + 1]: the column where that segment starts, counted
+        from the start of its row, -1 in unused slots (so at least the last entry is
+        -1). These two are ``q_seqlen``/``q_offsets`` of JAX's cuDNN packed attention and
+        the arguments of Transformer Engine's ``SequenceDescriptor.from_seqlens_and_offsets``;
+      * ``cu_seqlens`` int32[B * M + 1]: FlashAttention's cumulative lengths over all
+        segments of the batch in row-major order, starting at 0: offsets into the
+        tokens with padding removed (``x.reshape(B * L, ...)[segmentation.ravel() != 0]``);
+        entries past the last segment repeat the total (empty sequences);
+      * ``max_seqlen`` int: tokens of the longest segment (0 if none);
+      * ``query_seq_lengths`` int32[B], only when ``M == 1``: each row's tokens, for
+        ``jax.nn.dot_product_attention(query_seq_lengths=..., key_value_seq_lengths=...)``,
+        which counts them from column 0 (so the segment must start there).
+
+    Raises:
+      TypeError, ValueError: naming the argument; ``ValueError`` names the row and column
+        where a row holds more than ``max_segments`` segments, where an id is not its
+        segment's number (``[1, 1, 3]``, ``[2, 2]``), or where a segment resumes after a
+        gap (``[1, 0, 1]``: which tokens attend to which would not fit the layout).
+    """
+    seg = _segmentation(segmentation)
+    max_segments = positive_int("max_segments", max_segments)
+    rows = seg.shape[0]
+    if rows * (max_segments + 1) + 1 > _INT32_MAX:
+        raise ValueError(
+            f"max_segments: {rows} rows x ({max_segments} + 1) slots exceed int32 "
+            f"indexing; expected max_segments <= {(_INT32_MAX - 1) // max(rows, 1) - 1}"
+        )
+    lengths = np.empty((rows, max_segments), dtype=np.int32)
+    offsets = np.empty((rows, max_segments + 1), dtype=np.int32)
+    cu_seqlens = np.empty(rows * max_segments + 1, dtype=np.int32)
+    impl = _backend.impl if seg.size else _kernels_numpy
+    status, row, column, max_seqlen = impl.attention_metadata(
+        seg, max_segments, lengths, offsets, cu_seqlens
+    )
+    if status:
+        _raise_bad_row(seg, status, row, column, max_segments)
+    result = {
+        "seq_lengths": lengths,
+        "seq_offsets": offsets,
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": int(max_seqlen),
+    }
+    if max_segments == 1:
+        _check_rows_start_at_zero(offsets)
+        result["query_seq_lengths"] = np.maximum(lengths[:, 0], 0)
+    return result
+
+
+def _raise_bad_row(seg: np.ndarray, status: int, row: int, column: int, max_segments: int) -> None:
+    shown = seg[row, max(column - 3, 0) : column + 4].tolist()
+    if status == 1:
+        raise ValueError(
+            f"segmentation: row {row} holds more than max_segments={max_segments} segments "
+            f"(segment {max_segments + 1} starts at column {column}); raise max_segments or "
+            "pack with max_documents_per_row"
+        )
+    value = int(seg[row, column])
+    previous = int(seg[row, :column].max(initial=0))
+    if value == previous:
+        problem = f"segment {value} resumes after a gap"
+    else:
+        problem = f"id {value} where segment {previous + 1} (or padding 0) was expected"
+    raise ValueError(
+        f"segmentation: row {row}, column {column}: {problem} (cells around it: {shown}); "
+        "expected segments numbered 1, 2, ... in order along the row, each one contiguous "
+        "run, 0 for padding"
+    )
+
+
+def _check_rows_start_at_zero(offsets: np.ndarray) -> None:
+    late = np.flatnonzero(offsets[:, 0] > 0)
+    if late.size:
+        row = int(late[0])
+        raise ValueError(
+            f"segmentation: row {row} starts its segment at column {int(offsets[row, 0])}; "
+            "query_seq_lengths (max_segments=1) counts tokens from column 0"
+        )
