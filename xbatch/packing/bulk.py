@@ -63,8 +63,8 @@ def pack_documents(
     are ignored; see :mod:`xbatch.packing.concat_rows`).
 
     Args:
-      tokens: int[total], the documents' tokens back to back (any integer dtype that fits
-        int32; token id 0 is a token like any other).
+      tokens: int[total], the documents' tokens back to back (any integer dtype; ids in
+        ``[0, 2**31)``, token id 0 is a token like any other).
       lengths: int[documents] >= 0, tokens per document; must sum to ``len(tokens)``.
       seq_len: tokens per row (>= 1).
       eod_token_id: appended to every document.

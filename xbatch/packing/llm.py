@@ -10,7 +10,7 @@ import grain
 import numpy as np
 
 from .. import kernels
-from .._checks import positive_int
+from .._checks import describe, positive_int
 from .buffers import BufferPool
 from .concat_stream import ConcatRowsIterator
 from .pieces import (
@@ -129,6 +129,11 @@ class LLMPackIterDataset(grain.IterDataset):
         train_on_eod: bool = True,
         max_documents_per_row: int | None = None,
     ):
+        if not isinstance(parent, (grain.IterDataset, grain.MapDataset)):
+            raise TypeError(
+                f"parent: expected a grain dataset (IterDataset or MapDataset), got {describe(parent)}; "
+                "wrap documents with grain.MapDataset.source(documents).to_iter_dataset()"
+            )
         super().__init__(parent)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed: expected an integer, got {seed!r}")

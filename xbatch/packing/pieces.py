@@ -80,17 +80,26 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def check_token_id(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-        _INT32.min <= value <= _INT32.max
-    ):
-        raise ValueError(f"{name}: expected an integer token id that fits int32, got {value!r}")
+    """``value`` as an int if it is a token id in ``[0, 2**31)``, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _INT32.max:
+        raise ValueError(f"{name}: expected an integer token id in [0, 2**31), got {value!r}")
     return int(value)
 
 
+def _raise_bad_token(name: str, array: np.ndarray) -> None:
+    bad = int(np.flatnonzero((array < 0) | (array > _INT32.max))[0])
+    raise ValueError(f"{name}: token ids must be in [0, 2**31); the token at index {bad} is {array[bad]}")
+
+
 def as_tokens(name: str, value: Any) -> np.ndarray:
-    """``value`` as a 1-d int32 token array, or a TypeError/ValueError naming ``name``."""
+    """``value`` as a 1-d int32 array of token ids in ``[0, 2**31)``, or a TypeError/ValueError
+    naming ``name`` (and the index of the first bad token)."""
     if type(value) is np.ndarray and value.dtype == np.int32 and value.ndim == 1:
-        return value  # the common case, once per streamed document: nothing to check
+        # The common case, once per streamed document: one vectorized min (int32 cannot
+        # exceed the top of the range).
+        if value.size and value.min() < 0:
+            _raise_bad_token(name, value)
+        return value
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int32)  # an empty list has no integer dtype of its own
@@ -98,10 +107,8 @@ def as_tokens(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"{name}: expected integer token ids, got {describe(array)}")
     if array.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array of token ids, got {describe(array)}")
-    if array.dtype.itemsize >= 4 and array.dtype != np.int32 and array.size:
-        low, high = int(array.min()), int(array.max())
-        if low < _INT32.min or high > _INT32.max:
-            raise ValueError(f"{name}: token ids must fit int32, got range [{low}, {high}]")
+    if array.size and (array.min() < 0 or array.max() > _INT32.max):
+        _raise_bad_token(name, array)
     return array.astype(np.int32, copy=False)
 
 
