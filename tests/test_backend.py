@@ -50,11 +50,40 @@ def test_the_extension_is_preferred_or_required(backend):
     assert result.stdout.strip() == "cython | None"
 
 
-def test_missing_extension_falls_back_silently_when_unset():
+def test_missing_extension_falls_back_with_one_warning_line():
     result = run_python(HIDE_EXTENSION + REPORT, None)
     assert result.returncode == 0, result.stderr
     backend, reason = result.stdout.strip().split(" | ")
     assert backend == "numpy" and "pretend the extension was not built" in reason
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("xbatch: running the NumPy fallback, about 4-11x slower at packing")
+    assert "pip install --force-reinstall --no-deps ." in lines[0]
+
+
+def test_forced_numpy_does_not_warn():
+    assert run_python(REPORT, "numpy").stderr == ""
+
+
+def test_an_extension_never_built_is_named_as_such(tmp_path):
+    reason = _backend._why_not_compiled(ModuleNotFoundError("No module named 'xbatch._kernels'"), tmp_path)
+    assert "is not installed" in reason and "not built when xbatch was installed" in reason
+    assert "circular import" not in reason
+
+
+def test_a_bad_variable_leaves_import_working_and_fails_on_first_kernel_use():
+    code = (
+        "import numpy as np, xbatch, xbatch.kernels as k\n"
+        "try:\n    k.document_borders(np.array([[1, 1, 2]]))\n"
+        "except ImportError as exc:\n    print('kernel:', exc)\n"
+        "try:\n    xbatch.BACKEND\n"
+        "except ImportError as exc:\n    print('BACKEND:', exc)\n"
+    )
+    result = run_python(code, "fortran")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("kernel: XBATCH_BACKEND='fortran' is not a backend")
+    assert lines[1].startswith("BACKEND: XBATCH_BACKEND='fortran' is not a backend")
 
 
 def test_missing_extension_is_an_error_when_required():

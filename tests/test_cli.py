@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import xbatch
 from xbatch import cli
 from xbatch.cli import bench as cli_bench
 from xbatch.cli import info as cli_info
+from xbatch.cli import pack as cli_pack
 from xbatch.corpus import SYNTHETIC_EOD, synthetic_corpus
 from xbatch.packing import pack_documents
 
@@ -211,10 +213,33 @@ def bad_cases(tmp_path):
     write_jsonl(tmp_path / "objects.jsonl", "input_ids")
     (tmp_path / "c.txt").write_text("1 2 3\n")
     np.save(tmp_path / "tokens.npy", np.arange(4))
+    np.savez(tmp_path / "objects.npz", tokens=np.array([[1], [2, 3]], dtype=object), lengths=[1, 2])
+    np.save(tmp_path / "objects.npy", np.array([[1], [2, 3]], dtype=object))
+    np.savez(tmp_path / "negative.npz", tokens=[5, 6, 7, -1], lengths=[2, 2])
+    (tmp_path / "negative.jsonl").write_text("[1, 2]\n\n[-5, 3]\n")
+    (tmp_path / "huge.jsonl").write_text("[1, 2]\n[3, %d]\n" % 2**70)
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n  \n\n")
+    (tmp_path / "hollow.jsonl").write_text("[]\n[]\n")
     ok = str(tmp_path / "ok.npz")
     return [
         (["pack", str(tmp_path / "missing.npz"), "--eod", "1"], "no such file"),
-        (["pack", str(tmp_path / "garbage.npz"), "--eod", "1"], "cannot read it as an .npz"),
+        (["pack", str(tmp_path / "garbage.npz"), "--eod", "1"], "cannot read it as an .npz archive (not a zip file"),
+        (["pack", str(tmp_path / "objects.npz"), "--eod", "1"], "holds Python objects (pickled data)"),
+        (["pack", str(tmp_path / "objects.npy"), "--eod", "1", "--lengths", str(tmp_path / "tokens.npy")],
+         "holds Python objects (pickled data)"),
+        (["pack", str(tmp_path), "--eod", "1"], "is a directory; expected a corpus file"),
+        (["pack", ok, "--eod", "1", "--lengths", str(tmp_path / "tokens.npy")], "--lengths goes only with a .npy"),
+        (["pack", str(tmp_path / "negative.npz"), "--eod", "1"],
+         "negative.npz: document 1: token ids must be in [0, 2**31); its token 1 is -1"),
+        (["pack", str(tmp_path / "negative.jsonl"), "--eod", "1"],
+         "negative.jsonl: document 1 (line 3): token ids must be in [0, 2**31); its token 0 is -5"),
+        (["pack", str(tmp_path / "huge.jsonl"), "--eod", "1"], "huge.jsonl: line 2: token ids must be in [0, 2**31)"),
+        (["pack", str(tmp_path / "empty.jsonl"), "--eod", "1"], "empty.jsonl: no documents; pass --allow-empty"),
+        (["pack", str(tmp_path / "blank.jsonl"), "--eod", "1"], "blank.jsonl: no documents; pass --allow-empty"),
+        (["pack", str(tmp_path / "hollow.jsonl"), "--eod", "1"], "hollow.jsonl: 2 documents but no tokens"),
+        (["pack", ok, "--eod", "1", "--seq-len", "10000000000"], "argument --seq-len: expected an integer in [1, 2**31)"),
+        (["pack", "--seq-len", "2000000000"], "more than the"),
         (["pack", str(tmp_path / "keys.npz"), "--eod", "1"], "expected arrays 'tokens' and 'lengths'"),
         (["pack", str(tmp_path / "sums.npz"), "--eod", "1"], "sum to 4 tokens but 'tokens' holds 5"),
         (["pack", str(tmp_path / "floats.npz"), "--eod", "1"], "1-d integer array"),
@@ -230,11 +255,12 @@ def bad_cases(tmp_path):
         (["pack", ok, "--eod", "1", "--bins", "many"], "argument --bins"),
         (["pack", ok, "--eod", "1", "--algorithm", "next_fit"], "invalid choice: 'next_fit'"),
         (["pack", ok, "--eod", "1", "--algorithm", "best_fit_decreasing"], "use it with --bins all"),
-        (["pack", ok, "--eod", "1", "--long-documents", "error", "--seq-len", "8"], "long_documents='error'"),
+        (["pack", ok, "--eod", "1", "--long-documents", "error", "--seq-len", "8"],
+         "ok.npz: document 2 has 20 tokens, which with its EOD exceed --seq-len 8"),
         (["pack", ok, "--eod", "1", "-o", str(tmp_path / "out.txt")], "expected a file name ending in .npz"),
         (["pack", ok, "--eod", "1", "-o", str(tmp_path / "no" / "out.npz")], "does not exist"),
         (["pack", "--num-documents", "0"], "--num-documents: expected an integer >= 1"),
-        (["pack", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["pack", "--frobnicate"], "xbatch pack: error: unrecognized arguments: --frobnicate (see xbatch pack --help)"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ]
 
@@ -245,6 +271,7 @@ def test_bad_files_and_options_give_one_line_and_exit_1(tmp_path, capsys):
         assert status == 1, argv
         assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
         assert words in err, (argv, err)
+        assert "pickle" not in err.replace("(pickled data)", ""), (argv, err)  # never advise unsafe loading
 
 
 def test_bad_file_from_the_console_has_no_traceback(tmp_path):
@@ -282,3 +309,89 @@ def test_readme_example_runs_and_yields_an_llm_batch():
     batch = namespace["batch"]
     assert type(batch).__name__ == "LLMBatch" and batch.inputs.shape == (8, 2048)
     assert batch.inputs.dtype == np.int32 and (batch.inputs[:, 0] == 2).all()  # rows start with the EOD
+
+
+def test_error_mode_names_the_document_in_the_whole_corpus(tmp_path, capsys):
+    # Document 5000 lies deep inside the second chunk the streaming packer is given.
+    documents = [[3, 4]] * 6000
+    documents[5000] = [3] * 20
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(d) for d in documents) + "\n")
+    argv = ["pack", str(tmp_path / "c.jsonl"), *PACK_ARGS, "--long-documents", "error"]
+    status, _, err = run(argv, capsys)
+    assert status == 1
+    assert "c.jsonl: document 5000 (line 5001) has 20 tokens, which with its EOD exceed --seq-len 8" in err
+
+
+def test_empty_corpus_with_allow_empty_writes_zero_rows(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    output = tmp_path / "out.npz"
+    status, out, err = run(["pack", str(tmp_path / "empty.jsonl"), *PACK_ARGS, "--allow-empty", "-o", str(output)],
+                           capsys)
+    assert status == 0, err
+    with np.load(output) as packed:
+        assert all(packed[name].shape == (0, SEQ_LEN) for name in cli.ROW_FIELDS)
+
+
+def test_parquet_null_token_names_its_row(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"tokens": pa.array([[1, 2], [3, None, 4], [5]], pa.list_(pa.int32()))})
+    pq.write_table(table, tmp_path / "c.parquet")
+    status, _, err = run(["pack", str(tmp_path / "c.parquet"), *PACK_ARGS], capsys)
+    assert status == 1 and "c.parquet: row 1 of column 'tokens' holds a null token id" in err
+    assert "zero_copy" not in err
+
+
+@pytest.mark.parametrize("ratio,text", [(0.999999, "99.99+%"), (1.0, "100.00%"), (0.98051, "98.05%"),
+                                        (1e-7, "0.00+%"), (0.0, "0.00%")])
+def test_fill_ratio_never_rounds_to_full_or_empty(ratio, text):
+    assert cli_pack.percent(ratio) == text
+
+
+def console(argv, env=None, hide=()):
+    """(status, stdout, stderr) of ``python -m xbatch argv`` with ``hide``'s modules missing."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        f"        if name.split('.')[0] in {tuple(hide)!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from xbatch.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "XBATCH_BACKEND"}
+    result = subprocess.run([sys.executable, "-c", code, *argv], env={**environment, **(env or {})},
+                            capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["pack", "--num-documents", "10"], ["bench", "--quick"]])
+def test_a_bad_backend_variable_is_one_line_and_info_reports_it(command):
+    status, out, err = console(command, env={"XBATCH_BACKEND": "bogus"})
+    reason = "XBATCH_BACKEND='bogus' is not a backend"
+    if command == ["info"]:
+        assert status == 0 and err == "", err
+        assert f"backend    none: {reason}" in out
+    else:
+        assert status == 1 and err == f"xbatch {command[0]}: error: {reason}; expected one of ('cython', 'numpy') or unset\n"
+
+
+def test_pack_without_grain_packs_the_same_rows(tmp_path):
+    argv = ["pack", "--num-documents", "300", "--bins", "8", "--no-progress", "-o"]
+    status, _, err = console([*argv, str(tmp_path / "without.npz")], hide=("grain",))
+    assert status == 0, err
+    assert cli.main([*argv, str(tmp_path / "with.npz")]) == 0
+    with np.load(tmp_path / "without.npz") as without, np.load(tmp_path / "with.npz") as with_grain:
+        for name in cli.ROW_FIELDS:
+            np.testing.assert_array_equal(without[name], with_grain[name], err_msg=name)
+
+
+@pytest.mark.parametrize("command,hide,missing", [
+    (["pack", "--num-documents", "10"], ("grain", "jax"), "jax"),
+    (["bench", "--quick"], ("grain",), "grain"),
+])
+def test_a_missing_library_names_what_to_install(command, hide, missing):
+    status, _, err = console(command, hide=hide)
+    assert status == 1 and err.count("\n") == 1, err
+    assert f"this needs {missing}, which is not installed: pip install {missing}" in err and "[cli] extra" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,22 @@ class Corpus:
     """Tokenized documents back to back.
 
     Attributes:
-      tokens: int[sum(lengths)], every document's token ids, one after the other.
+      tokens: int32[sum(lengths)], every document's token ids (in ``[0, 2**31)``), one
+        after the other.
       lengths: int64[documents], tokens per document.
       name: where the documents came from, for messages.
+      lines: int64[documents], each document's line in a text file (1-based), or None.
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
     name: str
+    lines: np.ndarray | None = None
+
+    def where(self, document: int) -> str:
+        """``"<name>: document <index>"``, with its line where the file has lines."""
+        line = "" if self.lines is None else f" (line {int(self.lines[document])})"
+        return f"{self.name}: document {document}{line}"
 
     @property
     def num_tokens(self) -> int:
@@ -76,8 +85,9 @@ def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LON
     return Corpus(tokens, lengths, f"the built-in synthetic corpus (seed {seed}, {mean})")
 
 
-def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
-    """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly."""
+def _checked_corpus(tokens: Any, lengths: Any, name: str, lines: np.ndarray | None = None) -> Corpus:
+    """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly, with every
+    token id in ``[0, 2**31)`` (the one rule of :func:`xbatch.packing.pieces.as_tokens`)."""
     for what, array in (("tokens", tokens), ("lengths", lengths)):
         if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
             raise CorpusError(
@@ -90,18 +100,40 @@ def _checked_corpus(tokens: Any, lengths: Any, name: str) -> Corpus:
         raise CorpusError(
             f"{name}: 'lengths' sum to {int(lengths.sum())} tokens but 'tokens' holds {tokens.shape[0]}"
         )
-    return Corpus(tokens, lengths, name)
+    corpus = Corpus(tokens, lengths, name, lines)
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
+        bad = int(np.flatnonzero((tokens < 0) | (tokens > np.iinfo(np.int32).max))[0])
+        document = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+        start = int(lengths[:document].sum())
+        raise CorpusError(
+            f"{corpus.where(document)}: token ids must be in [0, 2**31); its token {bad - start} is {tokens[bad]}"
+        )
+    return dataclasses.replace(corpus, tokens=tokens.astype(np.int32, copy=False))
+
+
+def _load_error(path: Path, what: str, exc: Exception) -> CorpusError:
+    """The error for a .npy/.npz NumPy cannot load; never NumPy's advice to allow pickles."""
+    if "pickle" in str(exc).lower():
+        reason = "it holds Python objects (pickled data), which xbatch never loads; save integer arrays"
+    else:
+        reason = str(exc)
+    return CorpusError(f"{path}: cannot read the {what} ({reason})")
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
+    _check_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise CorpusError(f"{path}: cannot read the {what} as a .npy array ({exc})") from None
+        raise _load_error(path, f"{what} as a .npy array", exc) from None
 
 
 def read_npz(path: Path) -> Corpus:
     """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it)."""
+    if not zipfile.is_zipfile(path):
+        raise CorpusError(
+            f"{path}: cannot read it as an .npz archive (not a zip file; an .npz is what numpy.savez writes)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("tokens", "lengths") if key not in archive.files]
@@ -110,8 +142,8 @@ def read_npz(path: Path) -> Corpus:
                     f"{path}: expected arrays 'tokens' and 'lengths', found {sorted(archive.files)}"
                 )
             tokens, lengths = archive["tokens"], archive["lengths"]
-    except (OSError, ValueError, EOFError) as exc:
-        raise CorpusError(f"{path}: cannot read it as an .npz archive ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise _load_error(path, "it as an .npz archive", exc) from None
     return _checked_corpus(tokens, lengths, str(path))
 
 
@@ -146,7 +178,7 @@ def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> C
 
     Blank lines are skipped; ``.gz`` files are decompressed on the fly.
     """
-    token_chunks, lengths = [], []
+    token_chunks, lengths, line_numbers = [], [], []
     pending: list[int] = []
     try:
         with open(path, "rb") as raw, progress(
@@ -164,21 +196,30 @@ def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> C
                 document = _token_list(value, field, where)
                 pending.extend(document)
                 lengths.append(len(document))
+                line_numbers.append(number)
                 if len(pending) >= 1 << 20:  # bound the Python ints held at once
-                    token_chunks.append(np.array(pending, dtype=np.int64))
+                    token_chunks.append(_int64_tokens(pending, path, lengths, line_numbers))
                     pending = []
                     bar.update(raw.tell() - bar.n)
     except (OSError, EOFError) as exc:
         raise CorpusError(f"{path}: cannot read it ({exc})") from None
-    token_chunks.append(np.array(pending, dtype=np.int64))
+    token_chunks.append(_int64_tokens(pending, path, lengths, line_numbers))
     tokens = np.concatenate(token_chunks)
-    return _checked_corpus(_fit_int32(tokens, path), np.array(lengths, dtype=np.int64), str(path))
+    return _checked_corpus(tokens, np.array(lengths, dtype=np.int64), str(path),
+                           np.array(line_numbers, dtype=np.int64))
 
 
-def _fit_int32(tokens: np.ndarray, path: Path) -> np.ndarray:
-    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
-        raise CorpusError(f"{path}: token ids must be in [0, 2**31), got [{tokens.min()}, {tokens.max()}]")
-    return tokens.astype(np.int32)
+def _int64_tokens(pending: list[int], path: Path, lengths: list[int], line_numbers: list[int]) -> np.ndarray:
+    """The pending token ids as int64; ids beyond int64 are an error naming their line."""
+    try:
+        return np.array(pending, dtype=np.int64)
+    except OverflowError:
+        bad = next(i for i, token in enumerate(pending) if not -(2**63) <= token < 2**63)
+        ends = np.cumsum(lengths[::-1])  # the pending tokens belong to the last documents
+        back = int(np.searchsorted(ends, len(pending) - bad, side="left"))
+        raise CorpusError(
+            f"{path}: line {line_numbers[-1 - back]}: token ids must be in [0, 2**31), got {pending[bad]}"
+        ) from None
 
 
 def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
@@ -217,29 +258,48 @@ def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) ->
         raise CorpusError(
             f"{path}: column {field!r} is {schema.field(field).type}, expected a list of integers"
         )
-    token_chunks, length_chunks = [], []
+    token_chunks, length_chunks, rows_read = [], [], 0
     try:
         with progress(total=file.metadata.num_rows, unit="doc", unit_scale=True, desc="reading") as bar:
             for batch in file.iter_batches(columns=[field], batch_size=65_536):
                 column = batch.column(0)
                 if column.null_count:
                     raise CorpusError(f"{path}: column {field!r} has {column.null_count} null rows")
+                flat = column.flatten()
+                if flat.null_count:
+                    first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+                    offsets = column.offsets.to_numpy()
+                    row = rows_read + int(np.searchsorted(offsets - offsets[0], first, side="right")) - 1
+                    raise CorpusError(f"{path}: row {row} of column {field!r} holds a null token id")
                 length_chunks.append(pc.list_value_length(column).to_numpy().astype(np.int64))
-                token_chunks.append(column.flatten().to_numpy())
+                token_chunks.append(flat.to_numpy())
+                rows_read += len(column)
                 bar.update(len(column))
     except (OSError, pa.ArrowException) as exc:
         raise CorpusError(f"{path}: cannot read column {field!r} ({exc})") from None
     tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
     lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
-    return _checked_corpus(_fit_int32(tokens, path), lengths, str(path))
+    return _checked_corpus(tokens, lengths, str(path))
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory; expected a corpus file")
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file")
+    if not path.is_file():
+        raise CorpusError(f"{path}: not a regular file")
 
 
 def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
                 progress: Callable[..., Any]) -> Corpus:
     """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet."""
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such file")
+    _check_file(path)
     name = path.name.lower()
+    if lengths_path is not None and not name.endswith(NPY_SUFFIXES):
+        raise CorpusError(
+            f"{path}: --lengths goes only with a .npy of tokens; this file holds its documents' lengths itself"
+        )
     if name.endswith(NPZ_SUFFIXES):
         return read_npz(path)
     if name.endswith(NPY_SUFFIXES):

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, _backend
 from . import bench, info, pack
 from .common import CommandError, Parser
 from .info import describe_installation
@@ -47,24 +47,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Optional libraries a command may need, and what to install for them.
+_OPTIONAL = {"grain": "grain", "jax": "jax", "pyarrow": "pyarrow", "tqdm": "tqdm"}
+
+
+def _missing_library(exc: ModuleNotFoundError) -> str | None:
+    """The one-line advice for an optional library that is not installed, else None."""
+    top = (exc.name or "").split(".")[0]
+    if top not in _OPTIONAL:
+        return None
+    return (
+        f"this needs {top}, which is not installed: pip install {_OPTIONAL[top]} "
+        "(or install xbatch with the [cli] extra: pip install '.[cli]' in xbatch's source tree)"
+    )
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     """Runs the ``xbatch`` command with ``argv`` (default ``sys.argv[1:]``); the exit status.
 
-    User errors (bad files, options, or arguments the packers reject) print one line on
-    stderr and give 1.
+    User errors (bad files, options, arguments the packers reject, a missing optional
+    library, a bad ``XBATCH_BACKEND``) print one line on stderr and give 1; ``xbatch
+    info`` works whatever the backend.
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the command's own parser, which names its own --help
+            command_parser = _subparsers(parser).get(args.command, parser)
+            command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, or a bad option (one line, status 1)
         return exc.code
     if args.command is None:
         parser.print_help(out or sys.stdout)
         return 1
     try:
+        if args.command != "info":  # info reports a bad XBATCH_BACKEND instead of failing
+            _backend.check()
         args.run(args, out or sys.stdout)
-    except (CommandError, ValueError, TypeError) as exc:
-        print(f"xbatch {args.command}: error: {exc}", file=sys.stderr)
+    except (CommandError, ValueError, TypeError, ImportError) as exc:
+        message = _missing_library(exc) if isinstance(exc, ModuleNotFoundError) else None
+        if message is None and isinstance(exc, ModuleNotFoundError):
+            raise  # a bug, not the user's setup: keep the traceback
+        print(f"xbatch {args.command}: error: {message or exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -73,3 +97,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
         print(f"xbatch {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -31,6 +32,14 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def row_length(text: str) -> int:
+    """A --seq-len: an integer in [1, 2**31), as positions are int32."""
+    value = positive_int(text)
+    if value > np.iinfo(np.int32).max:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, 2**31), got {text!r}")
     return value
 
 
@@ -90,3 +99,43 @@ def rate(count: float, seconds: float, unit: str) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {prefix} {unit}/s"
     return f"{value:.0f} {unit}/s"
+
+
+# --- memory ---------------------------------------------------------------------------
+
+# Bytes per row cell of packed output: six int32 fields.
+ROW_CELL_BYTES = 24
+
+
+def available_memory() -> int | None:
+    """Bytes the system can still give this process (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def size_text(num_bytes: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes:.0f} bytes"
+
+
+def check_rows_fit(rows: int, seq_len: int, advice: str) -> None:
+    """Fails before allocating when ``rows`` x ``seq_len`` packed cells cannot fit in memory."""
+    needed = rows * seq_len * ROW_CELL_BYTES
+    available = available_memory()
+    if available is not None and needed > available:
+        raise CommandError(
+            f"--seq-len {seq_len:,}: {rows:,} rows of {seq_len:,} tokens need at least {size_text(needed)} "
+            f"({ROW_CELL_BYTES} bytes per token: six int32 fields), more than the {size_text(available)} "
+            f"of memory available; {advice}"
+        )

@@ -17,18 +17,27 @@ def _version(distribution: str) -> str:
 
 
 def describe_installation() -> str:
-    """xbatch's version and backend, where the compiled kernels come from, library versions."""
+    """xbatch's version and backend, where the compiled kernels come from (or why not, and
+    the fix), library versions. Works with any ``XBATCH_BACKEND``: a bad one is reported."""
     compiled = _backend.compiled_module()
+    if _backend.ERROR is not None:
+        backend = f"none: {_backend.ERROR}"
+    else:
+        backend = _backend.BACKEND
     if _backend.BACKEND == "cython":
         extension = compiled.__file__
     elif compiled is not None:
         extension = f"built at {compiled.__file__}, not used: {_backend.FALLBACK_REASON}"
     else:
-        extension = f"not used: {_backend.FALLBACK_REASON}"
+        extension = f"not used: {_backend.FALLBACK_REASON or 'the compiled extension does not import'}"
     rows = [
         ("xbatch", __version__),
-        ("backend", _backend.BACKEND),
+        ("backend", backend),
         ("extension", extension),
+    ]
+    if compiled is None:
+        rows.append(("fix", _backend.FIX))
+    rows += [
         ("python", sys.version.split()[0]),
         *((name, _version(name)) for name in ("numpy", "jax", "grain", "tqdm", "pyarrow")),
     ]

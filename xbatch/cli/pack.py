@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from .._atomic import atomic_output
 from ..compare import _in_process_read_options
 from ..corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
 from ..packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
-from .common import CommandError, bins, positive_int, progress_factory, rate, token_id
+from .common import CommandError, bins, check_rows_fit, progress_factory, rate, row_length, token_id
 
 # Documents per ragged chunk handed to the streaming packer (one progress-bar step).
 CHUNK_DOCUMENTS = 4_096
@@ -24,6 +25,13 @@ ROW_FIELDS = (
     "targets", "inputs", "targets_segmentation", "inputs_segmentation",
     "targets_position", "inputs_position",
 )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +58,15 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
     Online algorithms with a bin count run the streaming :class:`LLMPackIterDataset` on
     ragged chunks of ``CHUNK_DOCUMENTS`` documents (what a training pipeline sees, with a
     progress bar); whole-corpus and decreasing algorithms need every document at once
-    and run :func:`pack_documents`. Both give the same rows for the same arguments. With
+    and run :func:`pack_documents`, as do all algorithms where grain is not installed. Both
+    give the same rows for the same arguments. With
     ``keep_rows=False`` the streaming path keeps only the first row (to show it), and
     costs no memory per row.
     """
     from ..packing import pack_documents
 
     arguments = dataclasses.asdict(options)
-    if not options.streams:
+    if not options.streams or not _installed("grain"):  # the same rows without grain
         batch, stats = pack_documents(corpus.tokens, corpus.lengths, **arguments, return_stats=True)
         return {name: getattr(batch, name) for name in ROW_FIELDS}, stats
     import grain
@@ -117,13 +126,44 @@ def render_row(fields: dict[str, np.ndarray], row: int, *, eod_token_id: int, wi
     return "\n".join(lines)
 
 
+def percent(ratio: float) -> str:
+    """``ratio`` as a percentage with two decimals that never rounds up to 100.00% or down
+    to 0.00%: 0.999999 is ``99.99+%``."""
+    text = f"{ratio:.2%}"
+    if ratio < 1 and text == "100.00%":
+        return "99.99+%"
+    if ratio > 0 and text == "0.00%":
+        return "0.00+%"
+    return text
+
+
+def check_corpus(corpus: Corpus, options: PackOptions, *, allow_empty: bool, keep_rows: bool) -> None:
+    """The checks that need the whole corpus, before any packing: one line naming the problem."""
+    if not allow_empty and corpus.num_tokens == 0:
+        what = "no documents" if corpus.num_documents == 0 else f"{corpus.num_documents:,} documents but no tokens"
+        raise CommandError(f"{corpus.name}: {what}; pass --allow-empty to pack it anyway")
+    cells = corpus.lengths + 1  # each document and its EOD
+    if options.long_documents == "error" and corpus.num_documents and cells.max() > options.seq_len:
+        first = int(np.flatnonzero(cells > options.seq_len)[0])
+        raise CommandError(
+            f"{corpus.where(first)} has {int(corpus.lengths[first]):,} tokens, which with its EOD exceed "
+            f"--seq-len {options.seq_len:,} (--long-documents error); use --long-documents split or truncate"
+        )
+    # At least the rows that hold every cell once, when they are kept or packed at once,
+    # and a window of up to --bins rows when streaming.
+    rows = -(-int(cells.sum()) // options.seq_len) if keep_rows or not options.streams else 0
+    if options.streams:
+        rows += min(options.num_packing_bins, max(corpus.num_documents, 1))
+    check_rows_fit(rows, options.seq_len, "use a smaller --seq-len or --bins, or a smaller corpus")
+
+
 def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, output: Path | None) -> str:
     """The summary ``xbatch pack`` prints after packing."""
     bins_text = "the whole corpus" if options.num_packing_bins is None else f"{options.num_packing_bins} bins"
     lines = [
         f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from {corpus.name}",
         f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins_text})",
-        f"  fill ratio          {stats.fill_ratio:.2%} (document and EOD tokens / row capacity)",
+        f"  fill ratio          {percent(stats.fill_ratio)} (document and EOD tokens / row capacity)",
         f"  documents split     {stats.documents_split:,} (long_documents={options.long_documents})",
         f"  tokens truncated    {stats.tokens_truncated:,}",
         f"  speed               {rate(corpus.num_documents, seconds, 'documents')}, "
@@ -158,7 +198,7 @@ def run(args: argparse.Namespace, out) -> None:
     else:
         if args.eod is None:
             raise CommandError("--eod: required with a corpus file (your tokenizer's end-of-document id)")
-        lengths_path = Path(args.lengths) if args.lengths else None
+        lengths_path = Path(args.lengths) if args.lengths is not None else None
         corpus = read_corpus(Path(args.corpus), field=args.field, lengths_path=lengths_path, progress=progress)
         eod = args.eod
     options = PackOptions(
@@ -174,7 +214,11 @@ def run(args: argparse.Namespace, out) -> None:
         raise CommandError(
             f"--algorithm {options.algorithm} sorts the whole corpus; use it with --bins all"
         )
-    from ..packing import LLMPackIterDataset, pack_documents  # noqa: F401 - import outside the timing
+    check_corpus(corpus, options, allow_empty=args.allow_empty, keep_rows=output is not None)
+    if options.streams and _installed("grain"):
+        from ..packing import LLMPackIterDataset  # noqa: F401 - import outside the timing
+    else:
+        from ..packing import pack_documents  # noqa: F401
 
     start = time.perf_counter()
     fields, stats = pack_corpus(corpus, options, progress, keep_rows=output is not None)
@@ -203,7 +247,7 @@ def add_parser(commands) -> None:
     )
     pack.add_argument("corpus", nargs="?", help="the tokenized corpus; omit for the built-in one")
     pack.add_argument("-o", "--output", help="write the packed fields to this .npz")
-    pack.add_argument("--seq-len", type=positive_int, default=2048, help="tokens per row (default 2048)")
+    pack.add_argument("--seq-len", type=row_length, default=2048, help="tokens per row (default 2048)")
     pack.add_argument("--bins", type=bins, default=64,
                       help="packing bins per window, or 'all' for one window over the corpus (default 64)")
     pack.add_argument("--algorithm", choices=BULK_ALGORITHMS, default="first_fit",
@@ -221,4 +265,6 @@ def add_parser(commands) -> None:
                       help="documents in the built-in corpus (default 20,000)")
     pack.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus (default 0)")
     pack.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pack.add_argument("--allow-empty", action="store_true",
+                      help="pack a corpus without documents or tokens (zero rows) instead of failing")
     pack.set_defaults(run=run)
