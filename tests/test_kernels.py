@@ -557,3 +557,216 @@ def test_bin_packer_never_crashes(backend, capacities, lengths, num_bins, max_it
             continue
         assert -1 <= placed < num_bins
     assert np.all(packer.used[:, packer.counts == 0] == 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 11's reproductions: each crashed, hung, wrote out of bounds or corrupted data.
+
+
+def guarded(shape, dtype, fill=77):
+    """(out, buffer): ``out`` lies inside ``buffer`` with guard cells on both sides."""
+    size = int(np.prod(shape))
+    buffer = np.full(size + 32, fill, dtype=dtype)
+    return buffer[16 : 16 + size].reshape(shape), buffer
+
+
+def assert_guards_intact(buffer, fill=77):
+    assert (buffer[:16] == fill).all() and (buffer[-16:] == fill).all()
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[1, 2**63 - 1, 2**63 - 1, 3], [2**62, 2**62, 2**62, 2**62 + 2], [2, 2**63 - 1]],
+)
+def test_lengths_whose_sum_wraps_around_are_rejected(backend, lengths):
+    out, buffer = guarded((2, 8), np.int32)
+    with pytest.raises(ValueError, match=r"lengths: item [01] \(length \d+\) is longer than a row of 8 cells"):
+        kernels.scatter_rows(np.array([1, 2], np.int32), lengths, [0] * len(lengths), out)
+    as_items = [np.array([1], np.int32)] * len(lengths)
+    with pytest.raises(ValueError, match="lengths: item [01]"):
+        kernels.scatter_rows(as_items, lengths, [0] * len(lengths), out)
+    assert_guards_intact(buffer)
+
+
+def test_pack_rows_with_overflowing_lengths_raises(backend):
+    seg, buffer = guarded((1, 8), np.int32)
+    with pytest.raises(ValueError, match="lengths: item 1"):
+        kernels.pack_rows([1, 2**63 - 1], [0, 0], seg, np.zeros((1, 8), np.int32))
+    assert_guards_intact(buffer)
+
+
+@pytest.mark.parametrize("alignment", [2**31, 2**62, 2**63 - 1])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_huge_alignment_keeps_each_item_alone_in_its_row(backend, alignment, rows):
+    """An alignment past the row's end closes the row after an item, like grain's."""
+    seg, seg_buffer = guarded((rows, 9), np.int32)
+    pos = np.zeros((rows, 9), np.int32)
+    values, values_buffer = guarded((rows, 9), np.int64)
+    kernels.pack_rows([2], [rows - 1], seg, pos, alignment=alignment)
+    kernels.scatter_rows(np.array([5, 6]), [2], [rows - 1], values, alignment=alignment)
+    assert seg[rows - 1].tolist() == [1, 1] + [0] * 7 and pos[rows - 1].tolist() == [0, 1] + [0] * 7
+    assert values[rows - 1].tolist() == [5, 6] + [0] * 7
+    # A second item in the same row, even an empty one, no longer fits.
+    for lengths in ([2, 0], [2, 1]):
+        with pytest.raises(ValueError, match="item 1 .* does not fit row"):
+            kernels.pack_rows(lengths, [0, 0], seg, pos, alignment=alignment)
+    kernels.pack_rows([0, 0, 3], [0, 0, 0], seg, pos, alignment=alignment)  # empty items stay put
+    assert_guards_intact(seg_buffer)
+    assert_guards_intact(values_buffer)
+
+
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+def test_bin_packer_with_huge_alignment_matches_grain_rule(backend, algorithm):
+    """Clamped to capacity + 1, the alignment places as the unclamped rule in Python ints."""
+    items = [(2, 1), (0, 1), (3, 1), (0, 0), (0, 2), (8, 0)]
+    packer = kernels.BinPacker([8, 4], num_bins=4, alignments=[2**63 - 1, 1], algorithm=algorithm)
+    reference = _kernels_numpy.BinPacker([8, 4], [2**63 - 1, 1], 4, 0, algorithm == "best_fit")
+    assert [packer.place_one(item) for item in items] == [reference.place_one(item) for item in items]
+    assert packer.alignments.tolist() == [9, 1]  # reported as capacity + 1
+
+
+def test_big_endian_items_are_byte_swapped(backend):
+    """Non-native byte order takes NumPy's casting path, whatever the fast path covers."""
+    for out_dtype in (np.int32, np.int64, ">i4", ">i8"):
+        out = np.empty((1, 6), out_dtype)
+        items = [np.array([1, 2], np.int32), np.array([3, 4], ">i4"), np.array([5], ">i8")]
+        kernels.scatter_rows(items, [2, 2, 1], [0, 0, 0], out, padding=-1)
+        assert out.tolist() == [[1, 2, 3, 4, 5, -1]]
+        kernels.scatter_rows(np.array([3, 4, 5], ">i8"), [2, 1], [0, 0], out)
+        assert out.tolist() == [[3, 4, 5, 0, 0, 0]]
+    swapped = np.array([[1, 1, 2], [3, 3, 3]], ">i4")
+    assert kernels.document_borders(swapped).tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert kernels.shift_right(swapped, 9).tolist() == [[9, 1, 1], [9, 3, 3]]
+
+
+def test_drop_in_packer_byte_swaps_big_endian_elements():
+    from xbatch.packing import FirstFitPackIterDataset
+
+    elements = [{"x": np.array([1, 2], np.int32)}, {"x": np.array([3, 4], ">i4")}]
+    options = dict(length_struct={"x": 6}, num_packing_bins=2, shuffle_bins=False)
+    ours = list(FirstFitPackIterDataset(grain.MapDataset.source(elements).to_iter_dataset(), **options))
+    theirs = list(
+        grain.experimental.FirstFitPackIterDataset(grain.MapDataset.source(elements).to_iter_dataset(), **options)
+    )
+    assert ours[0]["x"].tolist() == theirs[0]["x"].tolist() == [1, 2, 3, 4, 0, 0]
+
+
+@pytest.mark.parametrize("num_bins", [2**31 - 1, 2**62])
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+def test_num_bins_costs_memory_only_for_bins_in_use(backend, num_bins, algorithm):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        packer = kernels.BinPacker(8, num_bins=num_bins, algorithm=algorithm)
+        placed = [packer.place_one(8) for _ in range(1000)]
+        packer.reset()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert placed == list(range(1000)) and peak < 1 << 20
+
+
+@pytest.mark.parametrize("name", ["num_bins", "max_items_per_bin"])
+def test_bin_packer_sizes_beyond_int64_headroom_are_rejected(backend, name):
+    arguments = {"num_bins": 2, name: 2**62 + 1}
+    with pytest.raises(ValueError, match=name):
+        kernels.BinPacker(8, **arguments)
+    with pytest.raises(ValueError, match="capacities"):
+        kernels.BinPacker(2**62 + 1, num_bins=2)
+
+
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+def test_growing_bins_place_like_preallocated_bins(backend, algorithm):
+    """Placement over 5,000 bins (grown from 256) equals grain's rule on the same items."""
+    rng = np.random.default_rng(0)
+    items = rng.integers(1, 40, size=(6000, 1))
+    grown = kernels.BinPacker(40, num_bins=5000, algorithm=algorithm)
+    out = np.zeros(6000, np.int64)
+    placed = grown.place(items, out)
+    reference = _kernels_numpy.BinPacker(np.array([40]), np.array([1]), 5000, 0, algorithm == "best_fit")
+    reference._allocated = 5000  # the whole array from the start: the plain rule
+    reference.reset()
+    expected = np.zeros(6000, np.int64)
+    assert placed == reference.place(items, expected)
+    np.testing.assert_array_equal(out[:placed], expected[:placed])
+    np.testing.assert_array_equal(grown.used, reference.used)
+
+
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+def test_sharing_a_packer_between_threads_raises_instead_of_crashing(backend, algorithm):
+    """One thread places big batches (the compiled ``place`` releases the GIL), another
+    calls into the same packer until it is turned away; neither may crash."""
+    import threading
+    import time
+
+    packer = kernels.BinPacker(64, num_bins=4096, algorithm=algorithm)
+    size = 20_000 if backend is _kernels_numpy else 1_000_000
+    lengths = np.random.default_rng(1).integers(1, 64, size=(size, 1))
+    errors, met = [], threading.Event()
+
+    def place_many():
+        while not met.is_set():
+            try:
+                packer.place(lengths, np.zeros(size, np.int64))
+                packer.reset()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    def poke():
+        deadline = time.monotonic() + 20
+        while not met.is_set() and time.monotonic() < deadline:
+            for call in (lambda: packer.place_one(3), packer.reset):
+                try:
+                    call()
+                except RuntimeError as exc:
+                    errors.append(exc)
+                    met.set()
+        met.set()
+
+    threads = [threading.Thread(target=place_many), threading.Thread(target=poke)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors, "the two threads never met inside the packer"
+    assert all("another thread" in str(exc) for exc in errors)
+
+
+def test_outputs_that_overlap_inputs_are_rejected(backend):
+    buffer = np.zeros(40, np.int64)
+    out = buffer[:16].reshape(2, 8)
+    with pytest.raises(ValueError, match="values: must not share memory with out_values"):
+        kernels.scatter_rows(buffer[4:8], [4], [1], out)
+    with pytest.raises(ValueError, match=r"values \(item 1\): must not share memory"):
+        kernels.scatter_rows([np.array([1, 2]), buffer[8:10]], [2, 2], [0, 0], out)
+    with pytest.raises(ValueError, match=r"values \(item 0\): must not share memory"):
+        kernels.scatter_rows([buffer[0:1], np.array([1, 2])], [1, 2], [0, 0], out)
+    lengths = buffer[20:22]
+    lengths[:] = [1, 1]
+    with pytest.raises(ValueError, match="lengths: must not share memory"):
+        kernels.scatter_rows(np.array([1, 2]), lengths, [0, 1], buffer[18:34].reshape(2, 8))
+    seg = np.zeros((2, 8), np.int32)
+    with pytest.raises(ValueError, match="out_positions: must not share memory with out_segment_ids"):
+        kernels.pack_rows([1], [0], seg, seg[::-1])
+    bins = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="bins: must not share memory"):
+        kernels.pack_rows(np.array([1, 1]), bins, bins.view(np.int32).reshape(1, 4), np.zeros((1, 4), np.int32))
+
+
+@pytest.mark.parametrize(
+    "lengths, expected",
+    [(3, 0), ((3,), 0), ([3], 0), (np.int64(3), 0), (np.array(3), 0), (np.array([3]), 0),
+     ((np.int32(3),), 0), ((2.9,), ValueError), (2.9, ValueError), ((True,), ValueError),
+     (True, ValueError), ((2**70,), ValueError), ((-1,), ValueError), ((9,), ValueError),
+     (np.array([3.0]), ValueError), ((3, 3), ValueError), ((), ValueError), ("3", ValueError),
+     (None, ValueError)],
+)
+def test_place_one_accepts_and_refuses_the_same_on_both_backends(backend, lengths, expected):
+    packer = kernels.BinPacker(8, num_bins=2)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="lengths"):
+            packer.place_one(lengths)
+        assert packer.num_used_bins == 0
+    else:
+        assert packer.place_one(lengths) == expected

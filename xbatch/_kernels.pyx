@@ -2,11 +2,15 @@
 """The compiled kernels: typed loops over memoryviews, no Python objects inside.
 
 Same names, signatures and results as ``xbatch/_kernels_numpy.py`` (the readable
-reference). Arguments arrive validated by :mod:`xbatch.kernels`; the loops still check
-every index they write so that no input can take them out of bounds.
+reference). Arguments arrive validated by :mod:`xbatch.kernels`; the kernels still
+guard themselves: index arithmetic cannot overflow for any int64 input, and before an
+item's cells are written its bounds are asserted once (a few comparisons per item, kept
+in the optimized build), so even a call that bypasses the wrappers raises instead of
+reaching memory it does not own.
 """
 
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.string cimport memcpy, memmove
 from libcpp.pair cimport pair
 from libcpp.set cimport set as cpp_set
@@ -45,9 +49,14 @@ cdef int64_t NO_BIN = -1
 cdef int64_t BLOCKED = -1
 # Depth-first search stack: two entries per tree level are enough (2 * 64 levels).
 DEF STACK_SIZE = 130
+# Bins a packer materializes at first; it doubles them as they fill (up to num_bins), so
+# memory follows the bins in use, not num_bins.
+DEF INITIAL_BINS = 256
 
 
 cdef inline int64_t round_up(int64_t value, int64_t alignment) noexcept nogil:
+    # Callers keep value + alignment far below 2**63 (the wrapper bounds capacities and
+    # clamps alignments to capacity + 1).
     return (value + alignment - 1) // alignment * alignment
 
 
@@ -58,13 +67,22 @@ cdef class BinPacker:
     the leftmost bin where every feature fits: O(log B) for one feature. Best fit with
     one feature keeps the bins ordered by (free cells, index) and takes the first with
     enough room: O(log B). Best fit over several features scans the bins.
+
+    Only the first ``_allocated`` bins exist in memory; the others are empty. Bins in use
+    are always a prefix, and the packer doubles ``_allocated`` whenever every allocated
+    bin is in use, so an empty bin is always among the allocated ones and searching them
+    gives the same bin as searching all ``num_bins``.
+
+    One packer is not for two threads at once: ``place`` releases the GIL, so a call
+    made while another is running raises ``RuntimeError`` instead of corrupting memory.
     """
 
     cdef readonly int64_t num_bins, num_features, max_items_per_bin
     cdef readonly bint best_fit
-    cdef int64_t _num_leaves, _num_used_bins
+    cdef int64_t _num_leaves, _num_used_bins, _allocated
+    cdef bint _busy
     cdef int64_t[::1] _capacities, _alignments, _counts, _item
-    cdef int64_t[:, ::1] _used  # [F, B]
+    cdef int64_t[:, ::1] _used  # [F, _allocated]
     cdef int64_t[:, ::1] _tree  # [F, 2 * num_leaves]: max free cells below a node
     cdef cpp_set[pair[int64_t, int64_t]] _by_free  # (free cells, bin) of open bins
     cdef cpp_set[int64_t] _full_empty  # bins at the item cap whose used cells are 0
@@ -76,14 +94,57 @@ cdef class BinPacker:
         self.num_bins = num_bins
         self.max_items_per_bin = max_items_per_bin
         self.best_fit = best_fit
-        self._num_leaves = 1
-        while self._num_leaves < self.num_bins:
-            self._num_leaves *= 2
-        self._used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
-        self._counts = np.zeros(self.num_bins, dtype=np.int64)
-        self._tree = np.zeros((self.num_features, 2 * self._num_leaves), dtype=np.int64)
         self._item = np.zeros(self.num_features, dtype=np.int64)
+        self._allocate(min(self.num_bins, INITIAL_BINS))
         self.reset()
+
+    cdef int _allocate(self, int64_t allocated) except -1:
+        """(Re)allocates the per-bin arrays for ``allocated`` bins, keeping the old bins."""
+        cdef int64_t old = self._allocated  # 0 before the first call
+        used = np.zeros((self.num_features, allocated), dtype=np.int64)
+        counts = np.zeros(allocated, dtype=np.int64)
+        if old:
+            used[:, :old] = self._used
+            counts[:old] = self._counts
+        self._used, self._counts = used, counts
+        self._allocated = allocated
+        self._num_leaves = 1
+        while self._num_leaves < allocated:
+            self._num_leaves *= 2
+        self._tree = np.zeros((self.num_features, 2 * self._num_leaves), dtype=np.int64)
+        return 0
+
+    cdef void _build_tree(self) noexcept nogil:
+        """Every leaf from its bin, then every inner node; and the best-fit set's new bins."""
+        cdef int64_t f, b, node
+        for f in range(self.num_features):
+            for b in range(self._num_leaves):
+                self._tree[f, self._num_leaves + b] = (
+                    BLOCKED if b >= self._allocated or self._is_full(b)
+                    else self._capacities[f] - self._used[f, b]
+                )
+            for node in range(self._num_leaves - 1, 0, -1):
+                self._tree[f, node] = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
+
+    cdef int _grow(self) except -1:
+        """Doubles the allocated bins (the new ones are empty); needs the GIL."""
+        cdef int64_t old = self._allocated, b
+        self._allocate(min(2 * old, self.num_bins))
+        self._build_tree()
+        if self.best_fit and self.num_features == 1:
+            for b in range(old, self._allocated):
+                self._by_free.insert(pair[int64_t, int64_t](self._capacities[0], b))
+        return 0
+
+    cdef inline bint _needs_growth(self) noexcept nogil:
+        return self._num_used_bins == self._allocated and self._allocated < self.num_bins
+
+    cdef int _enter(self) except -1:
+        # Runs with the GIL held, so test-and-set is atomic between Python threads.
+        if self._busy:
+            _checks.raise_busy("BinPacker")
+        self._busy = True
+        return 0
 
     @property
     def capacities(self):
@@ -96,12 +157,16 @@ cdef class BinPacker:
     @property
     def used(self):
         """int64[F, num_bins]: next free cell of each bin per feature (a copy)."""
-        return np.array(self._used)
+        used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
+        used[:, :self._allocated] = self._used
+        return used
 
     @property
     def counts(self):
         """int64[num_bins]: items held by each bin (a copy)."""
-        return np.array(self._counts)
+        counts = np.zeros(self.num_bins, dtype=np.int64)
+        counts[:self._allocated] = self._counts
+        return counts
 
     @property
     def num_used_bins(self):
@@ -110,22 +175,20 @@ cdef class BinPacker:
 
     def reset(self):
         """Empties every bin."""
-        cdef int64_t f, b, node
-        self._used[:, :] = 0
-        self._counts[:] = 0
-        self._num_used_bins = 0
-        self._by_free.clear()
-        self._full_empty.clear()
-        for f in range(self.num_features):
-            for b in range(self._num_leaves):
-                self._tree[f, self._num_leaves + b] = (
-                    self._capacities[f] if b < self.num_bins else BLOCKED
-                )
-            for node in range(self._num_leaves - 1, 0, -1):
-                self._tree[f, node] = max(self._tree[f, 2 * node], self._tree[f, 2 * node + 1])
-        if self.best_fit and self.num_features == 1:
-            for b in range(self.num_bins):
-                self._by_free.insert(pair[int64_t, int64_t](self._capacities[0], b))
+        cdef int64_t b
+        self._enter()
+        try:
+            self._used[:, :] = 0
+            self._counts[:] = 0
+            self._num_used_bins = 0
+            self._by_free.clear()
+            self._full_empty.clear()
+            self._build_tree()
+            if self.best_fit and self.num_features == 1:
+                for b in range(self._allocated):
+                    self._by_free.insert(pair[int64_t, int64_t](self._capacities[0], b))
+        finally:
+            self._busy = False
 
     cdef inline bint _is_full(self, int64_t b) noexcept nogil:
         return self.max_items_per_bin > 0 and self._counts[b] >= self.max_items_per_bin
@@ -190,7 +253,7 @@ cdef class BinPacker:
         cdef int64_t b, f, score, best = NO_BIN, best_score = -1
         cdef int64_t extra
         cdef bint fits
-        for b in range(self.num_bins):
+        for b in range(self._allocated):
             fits = True
             score = 0
             extra = 1 if self._is_full(b) else 0
@@ -244,26 +307,46 @@ cdef class BinPacker:
             b = self._best_fit_one_feature()
         else:
             b = self._best_fit_scan()
+        # The kernel's own bounds assertion: a search never leaves the allocated bins.
+        if b >= self._allocated or b < NO_BIN:
+            return NO_BIN - 1
         if b != NO_BIN:
             self._put(b)
         return b
 
     def place_one(self, lengths):
-        """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
-        cdef int64_t f, value
-        cdef bint bad = False
-        if isinstance(lengths, (int, np.integer)) and self.num_features == 1:
-            lengths = (lengths,)
-        if len(lengths) != self.num_features:
-            _checks.raise_bad_item(lengths, self.capacities)
-        for f in range(self.num_features):
-            value = lengths[f]
-            if value < 0 or value > self._capacities[f]:
-                bad = True
-            self._item[f] = value
-        if bad:
-            _checks.raise_bad_item(lengths, self.capacities)
-        return self._place_item()
+        """Places one item (F lengths: a tuple or list of ints, or an int when F is 1);
+        returns its bin, or -1 if none fits. Checked by ``_checks.item_lengths``."""
+        cdef int64_t f, b, value
+        cdef int overflow = 0
+        cdef bint ok
+        self._enter()
+        try:
+            # Fast path: a tuple of F Python ints within capacity (what the packers pass).
+            ok = type(lengths) is tuple and len(lengths) == self.num_features
+            if ok:
+                for f in range(self.num_features):
+                    element = (<tuple>lengths)[f]
+                    if type(element) is not int:
+                        ok = False
+                        break
+                    value = PyLong_AsLongLongAndOverflow(element, &overflow)
+                    if overflow or value < 0 or value > self._capacities[f]:
+                        ok = False
+                        break
+                    self._item[f] = value
+            if not ok:
+                checked = _checks.item_lengths(lengths, self.capacities)
+                for f in range(self.num_features):
+                    self._item[f] = checked[f]
+            b = self._place_item()
+            if b < NO_BIN:
+                _checks.raise_internal("BinPacker.place_one")
+            if self._needs_growth():
+                self._grow()
+            return b
+        finally:
+            self._busy = False
 
     def place(self, lengths, out_bins):
         """Places items in order until one fits no bin.
@@ -278,27 +361,56 @@ cdef class BinPacker:
         Raises:
           ValueError: at the first item with a length outside ``0..capacity`` (an item
             no empty bin takes), after placing the items before it -- as grain does.
+          RuntimeError: another thread is using this packer.
         """
         _checks.check_place_args(lengths, out_bins, self.capacities)
         cdef const int64_t[:, ::1] items = lengths
         cdef int64_t[::1] bins = out_bins
-        cdef int64_t i, f, b, n = items.shape[0], placed = n, bad = -1
-        with nogil:
-            for i in range(n):
-                for f in range(self.num_features):
-                    self._item[f] = items[i, f]
-                    if items[i, f] < 0 or items[i, f] > self._capacities[f]:
-                        bad = i
-                if bad >= 0:
+        cdef int64_t i = 0, f, b = 0, n = items.shape[0], placed = n, bad = -1
+        cdef bint grow
+        self._enter()
+        try:
+            while True:
+                grow = False
+                with nogil:
+                    while i < n:
+                        for f in range(self.num_features):
+                            self._item[f] = items[i, f]
+                            if items[i, f] < 0 or items[i, f] > self._capacities[f]:
+                                bad = i
+                        if bad >= 0:
+                            break
+                        b = self._place_item()
+                        if b < 0:
+                            placed = i
+                            break
+                        bins[i] = b
+                        i += 1
+                        if self._needs_growth():
+                            grow = True
+                            break
+                if not grow:
                     break
-                b = self._place_item()
-                if b == NO_BIN:
-                    placed = i
-                    break
-                bins[i] = b
+                self._grow()
+        finally:
+            self._busy = False
+        if b < NO_BIN:
+            _checks.raise_internal("BinPacker.place")
         if bad >= 0:
             _checks.raise_bad_item_at(bad, lengths, self.capacities)
         return placed
+
+
+cdef inline int64_t _advance(int64_t end, int64_t alignment, int64_t row_length) noexcept nogil:
+    """Where a row's next item starts after one ending at ``end`` (<= row_length): ``end``
+    rounded up to a multiple of ``alignment``, or ``row_length + 1`` (no item fits, not
+    even an empty one) when that lies past the row. Cannot overflow for any alignment."""
+    cdef int64_t rest = end % alignment
+    if rest == 0:
+        return end
+    if alignment - rest > row_length - end:
+        return row_length + 1
+    return end + (alignment - rest)
 
 
 cdef int64_t _first_overflow(
@@ -310,17 +422,19 @@ cdef int64_t _first_overflow(
     int64_t num_values,
     vector[int64_t]& cursor,
 ) noexcept nogil:
-    """Index of the first item that would leave its row (or the values), else -1."""
-    cdef int64_t i, b, end, source = 0
+    """Index of the first item that would leave its row (or the values), else -1.
+
+    Overflow-safe for any lengths: it compares lengths with the room left (cursors stay
+    in 0..row_length + 1) instead of adding them up.
+    """
+    cdef int64_t i, b, n, source = 0
     for i in range(lengths.shape[0]):
         b = bins[i]
-        if b < 0 or b >= rows or lengths[i] < 0:
+        n = lengths[i]
+        if b < 0 or b >= rows or n < 0 or n > row_length - cursor[b] or n > num_values - source:
             return i
-        end = cursor[b] + lengths[i]
-        source += lengths[i]
-        if end > row_length or source > num_values:
-            return i
-        cursor[b] = round_up(end, alignment)
+        source += n
+        cursor[b] = _advance(cursor[b] + n, alignment, row_length)
     return -1
 
 
@@ -331,8 +445,19 @@ cdef inline void _fill(token_t* cells, int64_t count, token_t value) noexcept no
 
 
 cdef inline int64_t _next_start(int64_t end, int64_t alignment, int64_t row_length) noexcept nogil:
-    cdef int64_t aligned = round_up(end, alignment)
+    cdef int64_t aligned = _advance(end, alignment, row_length)
     return aligned if aligned < row_length else row_length
+
+
+cdef inline bint _outside(int64_t b, int64_t start, int64_t n, int64_t rows, int64_t row_length) noexcept nogil:
+    """The bounds assertion kept in the optimized build: item cells [start, start + n) of
+    row b lie outside the output. One comparison chain per item (not per cell)."""
+    return b < 0 or b >= rows or start < 0 or n < 0 or n > row_length - start
+
+
+def _check_alignment(int64_t alignment):
+    if alignment < 1:
+        raise ValueError(f"alignment: expected an integer >= 1, got {alignment}")
 
 
 def pack_rows(
@@ -351,18 +476,24 @@ def pack_rows(
     cdef int64_t rows = out_segment_ids.shape[0], row_length = out_segment_ids.shape[1]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
     cdef vector[int32_t] items_in_row = vector[int32_t](rows, 0)
-    cdef int64_t i, j, b, start, end, failed
+    cdef int64_t i, j, b, start, end, failed, bad = -1
     cdef int32_t segment
+    _check_alignment(alignment)
     if out_positions.shape[0] != rows or out_positions.shape[1] != row_length:
         raise ValueError("out_positions: expected the shape of out_segment_ids")
+    if row_length > INT32_MAX or lengths.shape[0] > INT32_MAX:
+        raise ValueError("pack_rows: positions and segment ids must fit int32")
     with nogil:
-        failed = _first_overflow(lengths, bins, alignment, rows, row_length, 1 << 62, cursor)
+        failed = _first_overflow(lengths, bins, alignment, rows, row_length, INT64_MAX, cursor)
         if failed < 0:
             for b in range(rows):
                 cursor[b] = 0
             for i in range(lengths.shape[0]):
                 b = bins[i]
-                start = cursor[b]
+                start = cursor[b] if 0 <= b < rows else -1
+                if _outside(b, start, lengths[i], rows, row_length):
+                    bad = i
+                    break
                 end = start + lengths[i]
                 items_in_row[b] += 1
                 segment = items_in_row[b]
@@ -376,6 +507,8 @@ def pack_rows(
                 if cursor[b] < row_length:
                     _fill(&out_segment_ids[b, cursor[b]], row_length - cursor[b], <int32_t>0)
                     _fill(&out_positions[b, cursor[b]], row_length - cursor[b], <int32_t>0)
+    if bad >= 0:
+        _checks.raise_internal("pack_rows")
     return failed
 
 
@@ -401,18 +534,21 @@ def scatter_rows(
     Returns -1 on success, else the index of the first item that does not fit its row.
     """
     cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
+    cdef int64_t num_values = values.shape[0]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
-    cdef int64_t i, b, start, end, source = 0, failed
+    cdef int64_t i, b, start, end, source = 0, failed, bad = -1
+    _check_alignment(alignment)
     with nogil:
-        failed = _first_overflow(
-            lengths, bins, alignment, rows, row_length, values.shape[0], cursor
-        )
+        failed = _first_overflow(lengths, bins, alignment, rows, row_length, num_values, cursor)
         if failed < 0:
             for b in range(rows):
                 cursor[b] = 0
             for i in range(lengths.shape[0]):
                 b = bins[i]
-                start = cursor[b]
+                start = cursor[b] if 0 <= b < rows else -1
+                if _outside(b, start, lengths[i], rows, row_length) or lengths[i] > num_values - source:
+                    bad = i
+                    break
                 end = start + lengths[i]
                 if lengths[i] > 0:
                     memcpy(&out_values[b, start], &values[source], lengths[i] * sizeof(token_t))
@@ -420,6 +556,8 @@ def scatter_rows(
                 cursor[b] = _next_start(end, alignment, row_length)
                 _fill(&out_values[b, 0] + end, cursor[b] - end, padding)
             _pad_rest(out_values, cursor, padding)
+    if bad >= 0:
+        _checks.raise_internal("scatter_rows")
     return failed
 
 
@@ -434,42 +572,57 @@ def scatter_item_rows(
     """As :func:`scatter_rows`, reading each item from its own array in ``items``.
 
     Saves joining the items first. Every item must be a 1-d C-contiguous array of
-    ``out_values``' dtype and of its length; the loop holds the GIL because it reads
-    the list, but touches no Python object beyond that.
+    ``out_values``' dtype in native byte order and of its length; the loop holds the GIL
+    because it reads the list, but touches no Python object beyond that.
 
     Returns -1 on success, the index of the first item that does not fit its row, or
     ``-2 - i`` when item ``i`` is not such an array (callers then join the items
-    themselves, casting as NumPy does; the rows are rewritten whole).
+    themselves, casting as NumPy does). Nothing is written unless it returns -1.
+
+    Raises:
+      ValueError: an item (before the first that is not such an array) shares memory
+        with ``out_values``.
     """
     cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
     cdef int64_t i, b, start, end, failed, n = lengths.shape[0]
     cdef int type_number = np.dtype(np.asarray(out_values).dtype).num
+    cdef char* out_first = <char*>&out_values[0, 0] if rows and row_length else NULL
+    cdef char* out_end = out_first + rows * row_length * sizeof(token_t)
+    cdef char* data
     cdef cnp.ndarray item
+    _check_alignment(alignment)
     if len(items) != n:
         raise ValueError(f"items: expected {n} arrays, one per item, got {len(items)}")
-    failed = _first_overflow(lengths, bins, alignment, rows, row_length, 1 << 62, cursor)
-    if failed >= 0:
-        return failed
-    for b in range(rows):
-        cursor[b] = 0
-    for i in range(n):
+    for i in range(n):  # every item checked before anything is written
         obj = items[i]
         if not cnp.PyArray_CheckExact(obj):
             return -2 - i
         item = <cnp.ndarray>obj
         if (
             cnp.PyArray_TYPE(item) != type_number
+            or not cnp.PyArray_ISNOTSWAPPED(item)
             or cnp.PyArray_NDIM(item) != 1
             or cnp.PyArray_DIM(item, 0) != lengths[i]
             or not cnp.PyArray_IS_C_CONTIGUOUS(item)
         ):
             return -2 - i
+        data = <char*>cnp.PyArray_DATA(item)
+        if lengths[i] > 0 and data < out_end and out_first < data + lengths[i] * sizeof(token_t):
+            _checks.raise_overlap(f"values (item {i})", "out_values")
+    failed = _first_overflow(lengths, bins, alignment, rows, row_length, INT64_MAX, cursor)
+    if failed >= 0:
+        return failed
+    for b in range(rows):
+        cursor[b] = 0
+    for i in range(n):
         b = bins[i]
         start = cursor[b]
+        if _outside(b, start, lengths[i], rows, row_length):
+            _checks.raise_internal("scatter_item_rows")
         end = start + lengths[i]
         if lengths[i] > 0:
-            memcpy(&out_values[b, start], cnp.PyArray_DATA(item), lengths[i] * sizeof(token_t))
+            memcpy(&out_values[b, start], cnp.PyArray_DATA(<cnp.ndarray>items[i]), lengths[i] * sizeof(token_t))
         cursor[b] = _next_start(end, alignment, row_length)
         _fill(&out_values[b, 0] + end, cursor[b] - end, padding)
     _pad_rest(out_values, cursor, padding)

@@ -13,6 +13,9 @@ Placement follows grain's packers (``grain.experimental.FirstFitPackIterDataset`
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from . import _checks
@@ -37,7 +40,13 @@ class BinPacker:
     capacity to its used cells, so it still takes an item whose lengths and whose used
     cells are all zero (room ``-used``). Keeping ``room`` up to date makes a placement a
     few vector operations over the bins.
+
+    As in the compiled twin, only the first ``_allocated`` bins are held in memory (the
+    rest are empty), doubled whenever all of them are in use; and a call made while
+    another thread is inside this packer raises ``RuntimeError``.
     """
+
+    _INITIAL_BINS = 256
 
     def __init__(self, capacities, alignments, num_bins, max_items_per_bin, best_fit):
         self.capacities = np.array(capacities, dtype=np.int64)
@@ -48,25 +57,56 @@ class BinPacker:
         self.num_features = len(self.capacities)
         self._capacity_list = self.capacities.tolist()
         self._alignment_list = self.alignments.tolist()
+        self._lock = threading.Lock()
+        self._allocated = min(self.num_bins, self._INITIAL_BINS)
         self.reset()
+
+    @contextlib.contextmanager
+    def _in_use(self):
+        if not self._lock.acquire(blocking=False):
+            _checks.raise_busy("BinPacker")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def reset(self) -> None:
         """Empties every bin."""
-        self._used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
-        self._room = np.repeat(self.capacities[:, None], self.num_bins, axis=1)
-        self._scores = np.zeros(self.num_bins, dtype=np.int64)  # used cells, all features
-        self._counts = np.zeros(self.num_bins, dtype=np.int64)
+        with self._in_use():
+            self._empty_bins()
+
+    def _empty_bins(self) -> None:
+        shape = (self.num_features, self._allocated)
+        self._used = np.zeros(shape, dtype=np.int64)
+        self._room = np.repeat(self.capacities[:, None], self._allocated, axis=1)
+        self._scores = np.zeros(self._allocated, dtype=np.int64)  # used cells, all features
+        self._counts = np.zeros(self._allocated, dtype=np.int64)
         self._num_used_bins = 0
+
+    def _grow(self) -> None:
+        """Doubles the allocated bins once all are in use; the new ones are empty."""
+        if self._num_used_bins < self._allocated or self._allocated == self.num_bins:
+            return
+        extra = min(2 * self._allocated, self.num_bins) - self._allocated
+        self._allocated += extra
+        self._used = np.pad(self._used, ((0, 0), (0, extra)))
+        self._room = np.concatenate([self._room, np.repeat(self.capacities[:, None], extra, axis=1)], axis=1)
+        self._scores = np.pad(self._scores, (0, extra))
+        self._counts = np.pad(self._counts, (0, extra))
 
     @property
     def used(self) -> np.ndarray:
         """int64[F, num_bins]: next free cell of each bin per feature (a copy)."""
-        return self._used.copy()
+        used = np.zeros((self.num_features, self.num_bins), dtype=np.int64)
+        used[:, : self._allocated] = self._used
+        return used
 
     @property
     def counts(self) -> np.ndarray:
         """int64[num_bins]: items held by each bin (a copy)."""
-        return self._counts.copy()
+        counts = np.zeros(self.num_bins, dtype=np.int64)
+        counts[: self._allocated] = self._counts
+        return counts
 
     @property
     def num_used_bins(self) -> int:
@@ -96,6 +136,7 @@ class BinPacker:
                 self._room[f, b] = -used if self.best_fit else -1
         self._scores[b] = self._used[:, b].sum()
         self._num_used_bins = max(self._num_used_bins, b + 1)
+        self._grow()
 
     def _valid(self, lengths: list[int]) -> bool:
         return len(lengths) == self.num_features and all(
@@ -103,15 +144,19 @@ class BinPacker:
         )
 
     def place_one(self, lengths) -> int:
-        """Places one item (a sequence of F lengths); returns its bin, or -1 if none fits."""
-        if not (type(lengths) is tuple and all(type(n) is int for n in lengths)):
-            lengths = np.asarray(lengths).reshape(-1).tolist()  # the packers' tuples skip this
-        if not (self._valid(lengths) and all(isinstance(n, int) for n in lengths)):
-            _checks.raise_bad_item(lengths, self.capacities)
-        bin_index = self._find_bin(lengths)
-        if bin_index != NO_BIN:
-            self._put(lengths, bin_index)
-        return bin_index
+        """Places one item (F lengths: a tuple or list of ints, or an int when F is 1);
+        returns its bin, or -1 if none fits. Checked by ``_checks.item_lengths``."""
+        with self._in_use():
+            if not (
+                type(lengths) is tuple
+                and all(type(n) is int for n in lengths)
+                and self._valid(lengths)
+            ):  # the packers' tuples skip this
+                lengths = _checks.item_lengths(lengths, self.capacities)
+            bin_index = self._find_bin(lengths)
+            if bin_index != NO_BIN:
+                self._put(lengths, bin_index)
+            return bin_index
 
     def place(self, lengths: np.ndarray, out_bins: np.ndarray) -> int:
         """Places items in order until one fits no bin.
@@ -126,18 +171,20 @@ class BinPacker:
         Raises:
           ValueError: at the first item with a length outside ``0..capacity`` (an item
             no empty bin takes), after placing the items before it -- as grain does.
+          RuntimeError: another thread is using this packer.
         """
         _checks.check_place_args(lengths, out_bins, self.capacities)
-        for i in range(lengths.shape[0]):
-            item = lengths[i].tolist()  # per item: a call may place few of many items
-            if not self._valid(item):
-                _checks.raise_bad_item_at(i, lengths, self.capacities)
-            bin_index = self._find_bin(item)
-            if bin_index == NO_BIN:
-                return i
-            self._put(item, bin_index)
-            out_bins[i] = bin_index
-        return lengths.shape[0]
+        with self._in_use():
+            for i in range(lengths.shape[0]):
+                item = lengths[i].tolist()  # per item: a call may place few of many items
+                if not self._valid(item):
+                    _checks.raise_bad_item_at(i, lengths, self.capacities)
+                bin_index = self._find_bin(item)
+                if bin_index == NO_BIN:
+                    return i
+                self._put(item, bin_index)
+                out_bins[i] = bin_index
+            return lengths.shape[0]
 
 
 def _item_starts(lengths, bins, alignment, rows, row_length):
@@ -206,19 +253,22 @@ def scatter_item_rows(items, lengths, bins, alignment, out_values, padding):
 
     Every item must be a 1-d C-contiguous array of ``out_values``' dtype and of its
     length. Returns -1 on success, the index of the first item that does not fit its
-    row, or ``-2 - i`` when item ``i`` is not such an array.
+    row, or ``-2 - i`` when item ``i`` is not such an array. An item before that one that
+    shares memory with ``out_values`` raises ``ValueError``.
     """
     if len(items) != len(lengths):
         raise ValueError(f"items: expected {len(lengths)} arrays, one per item, got {len(items)}")
-    for i, item in enumerate(items):
+    for i, item in enumerate(items):  # every item checked before anything is written
         if not (
             type(item) is np.ndarray
-            and item.dtype == out_values.dtype
+            and item.dtype == out_values.dtype  # dtypes of other byte orders differ
             and item.ndim == 1
             and item.shape[0] == lengths[i]
             and item.flags.c_contiguous
         ):
             return -2 - i
+        if np.may_share_memory(item, out_values):  # both contiguous: exactly an overlap
+            _checks.raise_overlap(f"values (item {i})", "out_values")
     return _write_items(items, lengths, bins, alignment, out_values, padding)
 
 

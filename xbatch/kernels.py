@@ -3,10 +3,16 @@
 Every function checks its arguments here, in Python, and only then hands them to the
 active backend (``xbatch.BACKEND``): the compiled Cython kernels or their NumPy twins.
 Bad input raises ``TypeError``/``ValueError`` naming the argument, its value and what was
-expected; no input can make the compiled code read or write out of bounds.
+expected; no input can make the compiled code read or write out of bounds. That rests
+on three layers: these checks (every length within a row, sums computed without int64
+wrap-around, sizes and alignments bounded, outputs that share memory with an input
+refused), overflow-free index arithmetic in the kernels, and a bounds assertion per item
+in the compiled loops that stays on in the optimized build (a violation is a
+``RuntimeError`` naming an internal error, never a write).
 
-int32 and int64 arrays take the compiled path; other dtypes (e.g. bfloat16, float32) and
-N-d features take the NumPy path inside the same call.
+Native-byte-order int32 and int64 arrays take the compiled path; other dtypes (e.g.
+bfloat16, float32, big-endian integers) and N-d features take the NumPy path inside the
+same call, with NumPy's casting.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from . import _backend, _kernels_numpy
-from ._checks import describe, positive_int
+from ._checks import MAX_SIZE, describe, exact_sum, positive_int, raise_overlap
 
 ALGORITHMS = ("first_fit", "best_fit")
 _COMPILED_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 __all__ = [
     "ALGORITHMS",
@@ -68,26 +75,36 @@ def BinPacker(  # noqa: N802 - a factory that stands for the backend's class
       capacities: cells per bin for each feature (an int, or one int per feature), > 0.
       num_bins: number of bins, >= 1.
       alignments: per feature, a bin's next free cell rounds up to a multiple of this
-        after each item (default 1: no rounding).
+        after each item (default 1: no rounding). One above the feature's capacity acts
+        as capacity + 1 (and ``alignments`` reports that): either way the bin takes
+        nothing more after a non-empty item.
       max_items_per_bin: at most this many items per bin (default: no cap).
       algorithm: ``"first_fit"`` (lowest-index bin with room) or ``"best_fit"`` (the
         bin with room and the most used cells summed over features, ties to the lowest
         index) -- grain's two rules, bit for bit.
 
     Returns:
-      The active backend's ``BinPacker``. ``place_one(lengths)`` places one item and
+      The active backend's ``BinPacker``. ``place_one(lengths)`` places one item (a tuple
+      or list of F ints, or an int when F is 1; floats and bools are refused) and
       returns its bin or -1; ``place(lengths[n, F], out_bins[n])`` places items in order
       until one fits no bin and returns how many were placed; ``reset()`` empties the
       bins; ``used``, ``counts`` and ``num_used_bins`` describe the bins. Single-feature
-      placement costs O(log num_bins) per item on the compiled backend.
+      placement costs O(log num_bins) per item on the compiled backend. Memory follows
+      the bins in use (a packer doubles its bins as they fill), not ``num_bins``. A
+      packer is for one thread at a time: a call while another thread is inside it
+      raises ``RuntimeError``.
     """
     capacity_array = _int_array("capacities", np.atleast_1d(capacities), 1)
-    if capacity_array.size == 0 or np.any(capacity_array <= 0):
-        raise ValueError(f"capacities: expected one or more integers > 0, got {describe(capacities)}")
+    if capacity_array.size == 0 or np.any(capacity_array <= 0) or np.any(capacity_array > MAX_SIZE):
+        raise ValueError(
+            f"capacities: expected one or more integers in 1..2**62, got {describe(capacities)}"
+        )
     num_features = capacity_array.size
     alignment_array = _per_feature("alignments", alignments, num_features, 1)
     if np.any(alignment_array < 1):
         raise ValueError(f"alignments: expected integers >= 1, got {describe(alignments)}")
+    # Keeps the kernels' int64 arithmetic (used cells rounded up) far from overflow.
+    alignment_array = np.minimum(alignment_array, capacity_array + 1)
     num_bins = positive_int("num_bins", num_bins)
     cap = 0 if max_items_per_bin is None else positive_int("max_items_per_bin", max_items_per_bin)
     if algorithm not in ALGORITHMS:
@@ -97,20 +114,34 @@ def BinPacker(  # noqa: N802 - a factory that stands for the backend's class
     )
 
 
-def _check_placement(lengths: Any, bins: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_placement(
+    lengths: Any, bins: Any, out: np.ndarray, alignment: Any
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(lengths, bins, alignment) checked against the rows ``out`` [rows, row_length, ...]:
+    every length fits a row on its own, so no sum of them wraps around int64."""
+    rows, row_length = out.shape[:2]
     lengths = _int_array("lengths", lengths, 1)
     bins = _int_array("bins", bins, 1)
+    alignment = positive_int("alignment", alignment, maximum=2**63 - 1)  # any: kernels saturate
     if lengths.shape != bins.shape:
         raise ValueError(
             f"bins: expected one bin per item ({lengths.shape[0]} items), got {describe(bins)}"
         )
     if lengths.size and lengths.min() < 0:
         raise ValueError(f"lengths: expected lengths >= 0, got minimum {lengths.min()}")
+    if lengths.size and lengths.max() > row_length:
+        first = int(np.argmax(lengths > row_length))
+        raise ValueError(
+            f"lengths: item {first} (length {lengths[first]}) is longer than a row of {row_length} cells"
+        )
     if bins.size and (bins.min() < 0 or bins.max() >= rows):
         raise ValueError(
             f"bins: expected bin indices in [0, {rows}), got range [{bins.min()}, {bins.max()}]"
         )
-    return lengths, bins
+    for name, array in (("lengths", lengths), ("bins", bins)):
+        if np.may_share_memory(array, out):
+            raise_overlap(name, "the output rows")
+    return lengths, bins, alignment
 
 
 def _check_rows(name: str, array: Any, dtype=None, min_ndim: int = 2) -> np.ndarray:
@@ -139,9 +170,10 @@ def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int =
     is written: cells no item covers get 0 (padding), so the rows may start uninitialized.
 
     Args:
-      lengths: int[n], tokens per item, in placement order.
+      lengths: int[n], tokens per item, in placement order; each at most a row.
       bins: int[n], each item's row.
-      out_segment_ids, out_positions: int32[rows, row_length], written in place.
+      out_segment_ids, out_positions: int32[rows, row_length], written in place; they
+        must not share memory with each other or with ``lengths``/``bins``.
       alignment: cells (>= 1).
     """
     out_segment_ids = _check_rows("out_segment_ids", out_segment_ids, np.int32)
@@ -151,8 +183,18 @@ def pack_rows(lengths, bins, out_segment_ids, out_positions, *, alignment: int =
             f"out_positions: expected the 2-d shape of out_segment_ids {out_segment_ids.shape}, "
             f"got {out_positions.shape}"
         )
-    alignment = positive_int("alignment", alignment)
-    lengths, bins = _check_placement(lengths, bins, out_segment_ids.shape[0])
+    if out_segment_ids.shape[1] > _INT32_MAX:
+        raise ValueError(
+            f"out_positions: rows of {out_segment_ids.shape[1]} cells have positions beyond int32"
+        )
+    lengths, bins, alignment = _check_placement(lengths, bins, out_segment_ids, alignment)
+    if np.may_share_memory(out_segment_ids, out_positions):
+        raise_overlap("out_positions", "out_segment_ids")
+    for name, array in (("lengths", lengths), ("bins", bins)):
+        if np.may_share_memory(array, out_positions):
+            raise_overlap(name, "out_positions")
+    if lengths.shape[0] > _INT32_MAX:
+        raise ValueError(f"lengths: {lengths.shape[0]} items have segment ids beyond int32")
     compiled = (
         out_segment_ids.size
         and out_segment_ids.flags.c_contiguous
@@ -199,13 +241,13 @@ def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1, paddi
         to its cells like a NumPy assignment; 1-d arrays of ``out_values``' dtype are
         copied straight from where they are, without joining them first).
       lengths, bins, alignment: as for :func:`pack_rows`.
-      out_values: [rows, row_length, ...], written in place. 1-d int32/int64 features
-        take the compiled path, anything else NumPy.
+      out_values: [rows, row_length, ...], written in place; must not share memory
+        with ``values`` (or any item), ``lengths`` or ``bins``. 1-d native-byte-order
+        int32/int64 features take the compiled path, anything else NumPy.
       padding: the value of cells no item covers (default 0).
     """
     out_values = _check_rows("out_values", out_values)
-    alignment = positive_int("alignment", alignment)
-    lengths, bins = _check_placement(lengths, bins, out_values.shape[0])
+    lengths, bins, alignment = _check_placement(lengths, bins, out_values, alignment)
     fill = _padding_value(padding, out_values.dtype)
     compiled = (
         np.ndim(fill) == 0
@@ -223,17 +265,23 @@ def scatter_rows(values, lengths, bins, out_values, *, alignment: int = 1, paddi
             failed = _backend.impl.scatter_item_rows(list(values), lengths, bins, alignment, out_values, fill)
             if failed > -2:
                 return _raise_overflow(failed, lengths, bins, out_values.shape[1])
+        for i, item in enumerate(values):
+            if isinstance(item, np.ndarray) and np.may_share_memory(item, out_values):
+                raise_overlap(f"values (item {i})", "out_values")
         values = _join_items(values, lengths, out_values)
     values = np.asarray(values)
+    if np.may_share_memory(values, out_values):
+        raise_overlap("values", "out_values")
     if values.ndim != out_values.ndim - 1 or values.shape[1:] != out_values.shape[2:]:
         raise ValueError(
             f"values: expected shape (tokens, {', '.join(map(str, out_values.shape[2:]))}) "
             f"to match out_values {out_values.shape}, got {describe(values)}"
         )
-    if int(lengths.sum()) != values.shape[0]:
+    total = exact_sum(lengths, out_values.shape[1])
+    if total != values.shape[0]:
         raise ValueError(
             f"lengths: expected lengths summing to the {values.shape[0]} tokens of values, "
-            f"got a sum of {int(lengths.sum())}"
+            f"got a sum of {total}"
         )
     impl = _kernels_numpy
     if compiled:
