@@ -207,7 +207,7 @@ def test_state_replays_the_window_from_one_parent_state_per_window(backend):
     for _ in range(10):
         states.append(it.get_state())
         next(it)
-    assert set(states[0]) == {"parent", "skip", "next_row", "counter"}
+    assert set(states[0]) == {"parent", "skip", "next_row", "counter", "stats", "xbatch"}
     assert [s["counter"] for s in states] == list(range(10))
     # Within a window the parent state does not move; each window starts a new one.
     parents = [s["parent"]["next_index"] for s in states]

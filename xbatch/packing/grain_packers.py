@@ -23,10 +23,15 @@ import numpy as np
 from jax import tree_util
 
 from .. import kernels
+from .._checks import positive_int
+from . import checkpoint
 from .buffers import BufferPool
 from .stats import PackingStats
 
 __all__ = ["BestFitPackIterDataset", "FirstFitPackIterDataset"]
+
+# Version of the iterators' state format (see checkpoint.py); bump it when it changes.
+_STATE_VERSION = 1
 
 # grain's wording of the over-long item error, per algorithm.
 _TOO_LONG_PREFIX = {
@@ -242,10 +247,12 @@ class _PackedWindow:
 class _PackDatasetIterator(grain.DatasetIterator):
     """Packs the parent's elements window by window; see the module docstring.
 
-    State: ``{"parent", "skip", "next_row", "counter"}``. Restoring sets the parent to
-    ``parent``, pulls and discards ``skip`` elements (which puts it right before the first
-    element of the current window), rebuilds the window and resumes at ``next_row``. The
-    parent's state is read once per window, not once per element as grain does.
+    State: ``{"parent", "skip", "next_row", "counter", "stats"}`` and the dataset's
+    arguments with a format version (:mod:`xbatch.packing.checkpoint`). Restoring checks
+    the arguments (a ValueError names any that differ), sets the parent to ``parent``,
+    pulls and discards ``skip`` elements (which puts it right before the first element of
+    the current window), rebuilds the window and resumes at ``next_row``. The parent's
+    state is read once per window, not once per element as grain does.
     """
 
     def __init__(self, parent: grain.DatasetIterator, dataset: _PackIterDataset):
@@ -255,6 +262,8 @@ class _PackDatasetIterator(grain.DatasetIterator):
         self._seed = dataset._seed
         self._shuffle_bins = dataset._shuffle_bins
         self._group_by_feature = dataset._shuffle_bins_group_by_feature
+        self._arguments = dataset._arguments
+        self._name = type(dataset).__name__
         self._packer = kernels.BinPacker(
             self._layout.capacities,
             num_bins=dataset._num_packing_bins,
@@ -286,19 +295,27 @@ class _PackDatasetIterator(grain.DatasetIterator):
 
     def get_state(self) -> dict[str, Any]:
         parent_state, skip = self._window_start
-        return {
+        state = {
             "parent": parent_state,
             "skip": skip,
             "next_row": self._next_row,
             "counter": self._counter,
+            "stats": dataclasses.asdict(self.stats),
         }
+        return checkpoint.record_arguments(state, self._arguments, packer=self._name,
+                                           version=_STATE_VERSION)
 
     def set_state(self, state: dict[str, Any]) -> None:
+        checkpoint.check_arguments(state, self._arguments, packer=self._name,
+                                   version=_STATE_VERSION)
         self._parent.set_state(state["parent"])
         for _ in range(state["skip"]):
             next(self._parent)
         self._restart(state["parent"], state["skip"], next_row=state["next_row"])
         self._counter = state["counter"]
+        # Rows of the window emitted before the save are in these; the rebuilt window
+        # counts from next_row on.
+        self._finished_windows_stats = PackingStats(**state["stats"])
 
     def __next__(self) -> Any:
         if self._window is None:
@@ -411,12 +428,22 @@ class _PackIterDataset(grain.IterDataset):
                 "If specified, `max_sequences_per_bin` must be a positive integer,"
                 f" but got {max_sequences_per_bin}."
             )
-        is_integer = isinstance(num_packing_bins, (int, np.integer))
-        if isinstance(num_packing_bins, bool) or not is_integer or num_packing_bins < 1:
-            raise ValueError(
-                f"num_packing_bins: expected an integer >= 1, got {num_packing_bins!r}"
-            )
+        positive_int("num_packing_bins", num_packing_bins)
+        if shuffle_bins:  # grain would fail at the first window; NumPy takes seeds >= 0
+            positive_int("seed", seed, minimum=0)
         self._layout = _Layout(length_struct, meta_features, pack_alignment_struct, padding_struct)
+        # What a checkpoint state's restore depends on (checked by set_state).
+        self._arguments = {
+            "length_struct": length_struct,
+            "num_packing_bins": num_packing_bins,
+            "seed": seed,
+            "shuffle_bins": shuffle_bins,
+            "shuffle_bins_group_by_feature": shuffle_bins_group_by_feature,
+            "meta_features": list(meta_features),
+            "pack_alignment_struct": pack_alignment_struct,
+            "padding_struct": padding_struct,
+            "max_sequences_per_bin": max_sequences_per_bin,
+        }
         self._num_packing_bins = int(num_packing_bins)
         self._seed = seed
         self._shuffle_bins = shuffle_bins
@@ -450,7 +477,9 @@ class FirstFitPackIterDataset(_PackIterDataset):
       max_sequences_per_bin: at most this many elements per row.
 
     The iterator's ``stats`` (:class:`~xbatch.packing.PackingStats`) counts rows, items and
-    the fill ratio of the first feature.
+    the fill ratio of the first feature; they are part of the checkpoint state, which
+    also records these arguments: restoring it into a dataset built with different ones
+    raises a ValueError naming them.
     """
 
     _algorithm = "first_fit"

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import kernels
 from .._checks import describe, positive_int
+from . import checkpoint
 from .buffers import BufferPool
 from .concat_stream import ConcatRowsIterator
 from .pieces import (
@@ -30,6 +31,11 @@ from .pieces import (
     place_until_full,
 )
 from .stats import PackingStats
+
+
+_INT32_MAX = 2**31 - 1
+# Version of the iterator's state format (see checkpoint.py); bump it when it changes.
+_STATE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +141,8 @@ class LLMPackIterDataset(grain.IterDataset):
                 "wrap documents with grain.MapDataset.source(documents).to_iter_dataset()"
             )
         super().__init__(parent)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
         self._options = _Options(
-            seq_len=positive_int("seq_len", seq_len),
+            seq_len=positive_int("seq_len", seq_len, maximum=_INT32_MAX),  # int32 positions
             num_packing_bins=positive_int("num_packing_bins", num_packing_bins),
             eod_token_id=check_token_id("eod_token_id", eod_token_id),
             pad_token_id=check_token_id("pad_token_id", pad_token_id),
@@ -146,7 +150,7 @@ class LLMPackIterDataset(grain.IterDataset):
             long_documents=check_choice("long_documents", long_documents, LONG_DOCUMENTS),
             shift=check_choice("shift", shift, SHIFTS),
             shuffle_bins=bool(shuffle_bins),
-            seed=int(seed),
+            seed=positive_int("seed", seed, minimum=0),  # NumPy's generators take seeds >= 0
             train_on_eod=bool(train_on_eod),
             max_documents_per_row=(
                 None if max_documents_per_row is None
@@ -244,9 +248,13 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
     """Packs one window at a time and emits its rows.
 
     State: ``parent`` (the parent's state before the element holding the window's first
-    piece), ``piece`` (that piece's index in the element), ``next_row`` and ``counter``
-    (rows emitted from the window and in total) and ``stats``. Restoring replays the
-    window from there and skips the rows already emitted.
+    piece), ``piece`` (that piece's index in the element), ``element`` (whether that
+    element is a ``"document"`` or a ``"chunk"``; ``""`` until read), ``next_row`` and ``counter``
+    (rows emitted from the window and in total), ``stats``, and the packer's arguments
+    with a format version (:mod:`xbatch.packing.checkpoint`). Restoring checks the
+    arguments (a ValueError names any that differ), replays the window and skips the
+    rows already emitted; a parent that now gives the other kind of element there
+    raises a ValueError at the first ``next``.
 
     A closed window is laid out into six arrays from a :class:`BufferPool`; its rows are
     views of them. The pool recycles a window's arrays only once no row of it is held
@@ -276,25 +284,34 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._window = _Window(self._options.eod_token_id, int(self._options.train_on_eod))
         self._window_start = {"parent": parent_state, "piece": piece}
         self._element: Pieces | None = None
+        self._element_kind: str | None = None
+        self._first_read = True  # the next element read is the window's first
         self._element_state = parent_state
         self._element_bins = np.empty(0, dtype=np.int64)
         self._cursor = piece  # next piece of self._element to place
         self._num_rows = 0  # rows of the closed window being emitted; 0 while packing
 
     def get_state(self) -> dict[str, Any]:
-        return {
+        state = {
+            "element": "",  # not read yet (a string still: grain wants a fixed state spec)
             **self._window_start,
             "next_row": self._next_row,
             "counter": self._counter,
             "stats": dataclasses.asdict(self._totals),
         }
+        return checkpoint.record_arguments(state, dataclasses.asdict(self._options),
+                                           packer="LLMPackIterDataset", version=_STATE_VERSION)
 
     def set_state(self, state: dict[str, Any]) -> None:
+        checkpoint.check_arguments(state, dataclasses.asdict(self._options),
+                                   packer="LLMPackIterDataset", version=_STATE_VERSION)
         self._parent.set_state(state["parent"])
         self._next_row = state["next_row"]
         self._counter = state["counter"]
         self._totals = PackingStats(**state["stats"])
         self._start_window(state["parent"], state["piece"])
+        if state.get("element"):
+            self._window_start["element"] = state["element"]
 
     def __next__(self) -> dict[str, np.ndarray]:
         if not self._num_rows:
@@ -340,7 +357,11 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                     raise
                 return self._close_window(state, 0)
             self._element_state = state
-            if skip is None and not (isinstance(element, Mapping) and "lengths" in element):
+            is_chunk = isinstance(element, Mapping) and "lengths" in element
+            if self._first_read:
+                self._check_first_element("chunk" if is_chunk else "document")
+            self._element_kind = "chunk" if is_chunk else "document"
+            if skip is None and not is_chunk:
                 document, mask = _document(element)
                 if document.shape[0] < self._options.seq_len:  # fits a row whole, with its EOD
                     bin_index = self._packer.place_one(document.shape[0] + 1)
@@ -352,6 +373,17 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
             self._element = self._pieces_of(element)
             self._element_bins = np.empty(len(self._element), dtype=np.int64)
             self._cursor, skip = skip or 0, None
+
+    def _check_first_element(self, kind: str) -> None:
+        """Records the kind of the window's first element; after a restore, checks it."""
+        self._first_read = False
+        expected = self._window_start.get("element")
+        if expected and expected != kind:
+            raise ValueError(
+                f"state: the restored window starts in a {expected} of the parent, but the parent "
+                f"now gives a {kind} there: the state was saved with a different parent"
+            )
+        self._window_start["element"] = kind
 
     def _pieces_of(self, element: Any) -> Pieces:
         """The pieces of a ragged chunk, a document, or a ``(document, mask)`` pair."""
@@ -397,7 +429,9 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         else:
             self._order = range(num_rows)
         self._num_rows = num_rows
-        self._next_window_start = {"parent": next_parent_state, "piece": next_piece}
+        # The next window starts in the element being placed, unless the parent ended.
+        kind = self._element_kind if self._element is not None else ""
+        self._next_window_start = {"parent": next_parent_state, "piece": next_piece, "element": kind}
         self._packer.reset()
         self._window = _Window(options.eod_token_id, int(options.train_on_eod))
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from .._checks import describe
+from .._checks import describe, exact_sum
 
 LONG_DOCUMENTS = ("split", "truncate", "error")
 # Whole-corpus placement, longest piece first, with the online rule it then applies.
@@ -125,10 +125,14 @@ def as_lengths(value: Any, num_tokens: int) -> np.ndarray:
     if array.size and array.min() < 0:
         first = int(np.flatnonzero(array < 0)[0])
         raise ValueError(f"lengths: expected lengths >= 0, got {array[first]} for document {first}")
-    if int(array.sum()) != num_tokens:
+    if array.size and array.max() > num_tokens:  # also keeps the sum below from wrapping around
+        first = int(np.argmax(array > num_tokens))
         raise ValueError(
-            f"lengths: expected lengths summing to the {num_tokens} tokens given, got a sum of {int(array.sum())}"
+            f"lengths: document {first} has length {array[first]}, more than the {num_tokens} tokens given"
         )
+    total = exact_sum(array, num_tokens)
+    if total != num_tokens:
+        raise ValueError(f"lengths: expected lengths summing to the {num_tokens} tokens given, got a sum of {total}")
     return array
 
 
