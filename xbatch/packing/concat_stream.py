@@ -9,10 +9,15 @@ from typing import Any
 import grain
 import numpy as np
 
+from . import checkpoint
 from .buffers import BufferPool
 from .concat_rows import Cells, add_row_stats, cut_rows, document_cells, lay_out
 from .pieces import as_lengths, as_tokens
 from .stats import PackingStats
+
+
+# Version of the state format (see checkpoint.py); bump it when it changes.
+_STATE_VERSION = 1
 
 
 class ConcatRowsIterator(grain.DatasetIterator):
@@ -47,10 +52,15 @@ class ConcatRowsIterator(grain.DatasetIterator):
         self._num_rows = 0
 
     def get_state(self) -> dict[str, Any]:
-        return {**self._window_start, "next_row": self._next_row, "counter": self._counter,
-                "stats": dataclasses.asdict(self._totals)}
+        state = {**self._window_start, "next_row": self._next_row, "counter": self._counter,
+                 "stats": dataclasses.asdict(self._totals)}
+        return checkpoint.record_arguments(state, dataclasses.asdict(self._options),
+                                           packer="LLMPackIterDataset", version=_STATE_VERSION)
 
     def set_state(self, state: dict[str, Any]) -> None:
+        # A state of another mode or other arguments would replay the wrong cells.
+        checkpoint.check_arguments(state, dataclasses.asdict(self._options),
+                                   packer="LLMPackIterDataset", version=_STATE_VERSION)
         self._parent.set_state(state["parent"])
         self._next_row = state["next_row"]
         self._counter = state["counter"]
