@@ -746,3 +746,113 @@ def attention_metadata(
         if status == 0:
             _fill(&out_cu_seqlens[0] + cursor + 1, rows * max_segments - cursor, <int32_t>total)
     return status, bad_row, bad_column, (longest if status == 0 else 0)
+
+# Corpus sources (issue 12): grain's index shuffle, vectorized; gathering documents.
+# ---------------------------------------------------------------------------------------
+
+from libc.stdint cimport int8_t, int16_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+ctypedef fused corpus_token_t:
+    uint8_t
+    int8_t
+    int16_t
+    uint16_t
+    int32_t
+    uint32_t
+    int64_t
+    uint64_t
+
+
+cdef inline uint64_t simon_rotl(uint64_t x, int r, int w, uint64_t mask) noexcept nogil:
+    # r == w rotates by a full word: (x << w) & mask == 0 and x >> 0 == x, as std::bitset does.
+    return ((x << r) | (x >> (w - r))) & mask
+
+
+cdef inline uint64_t simon_f(uint64_t x, int w, uint64_t mask) noexcept nogil:
+    return (simon_rotl(x, 1, w, mask) & simon_rotl(x, 8, w, mask)) ^ simon_rotl(x, 2, w, mask)
+
+
+def index_shuffle(const int64_t[::1] indices, uint64_t max_index, const uint32_t[::1] keys,
+                  int word_bits, int64_t[::1] out):
+    """``out[i]`` := grain's ``index_shuffle(indices[i], max_index, seed, rounds)``.
+
+    ``keys`` are the round keys (``std::seed_seq{seed}``, one per round, even count) and
+    ``word_bits`` half the Simon block size, both from :mod:`xbatch.kernels`. Returns -1,
+    or the position of the first index outside ``[0, max_index]`` (nothing is written
+    from there on).
+    """
+    cdef Py_ssize_t n = indices.shape[0], i, k, rounds = keys.shape[0]
+    cdef uint64_t mask, value, left, right
+    cdef Py_ssize_t failed = -1
+    if out.shape[0] < n:
+        raise ValueError("out: expected at least one cell per index")
+    if word_bits < 8 or word_bits > 32 or rounds % 2:
+        raise ValueError("word_bits must lie in [8, 32] and keys come in pairs")
+    mask = (<uint64_t>1 << word_bits) - 1
+    with nogil:
+        for i in range(n):
+            if indices[i] < 0 or <uint64_t>indices[i] > max_index:
+                failed = i
+                break
+            if max_index == 0:
+                out[i] = 0
+                continue
+            value = <uint64_t>indices[i]
+            while True:
+                left = (value >> word_bits) & mask
+                right = value & mask
+                k = 0
+                while k < rounds:
+                    left ^= simon_f(right, word_bits, mask)
+                    left ^= keys[k] & mask
+                    right ^= simon_f(left, word_bits, mask)
+                    right ^= keys[k + 1] & mask
+                    k += 2
+                value = (left << word_bits) | right
+                if value <= max_index:
+                    break
+            out[i] = <int64_t>value
+    return failed
+
+
+def gather_ranges(const corpus_token_t[::1] tokens, const int64_t[::1] starts,
+                  const int64_t[::1] ends, int32_t[::1] out):
+    """Copies ``tokens[starts[i]:ends[i]]`` for every ``i``, back to back, into ``out`` as int32.
+
+    Returns -1; or ``i`` >= 0, the first range holding a token id outside int32 (wide
+    dtypes only); or ``-2 - i`` for the first range ``i`` outside ``tokens`` or ``out``
+    (the wrapper rules both out; the loop checks anyway).
+    """
+    cdef Py_ssize_t n = starts.shape[0], size = tokens.shape[0], capacity = out.shape[0]
+    cdef Py_ssize_t i, j, start, length, position = 0, failed = -1
+    if ends.shape[0] != n:
+        raise ValueError("ends: expected one end per start")
+    with nogil:
+        for i in range(n):
+            start = starts[i]
+            length = ends[i] - start
+            if start < 0 or length < 0 or start + length > size or position + length > capacity:
+                failed = -2 - i
+                break
+            if corpus_token_t is int32_t:
+                if length:
+                    memcpy(&out[position], &tokens[start], length * sizeof(int32_t))
+            elif corpus_token_t is uint32_t or corpus_token_t is uint64_t:
+                for j in range(length):
+                    if tokens[start + j] > 2147483647:
+                        failed = i
+                        break
+                    out[position + j] = <int32_t>tokens[start + j]
+            elif corpus_token_t is int64_t:
+                for j in range(length):
+                    if tokens[start + j] > 2147483647 or tokens[start + j] < -2147483648:
+                        failed = i
+                        break
+                    out[position + j] = <int32_t>tokens[start + j]
+            else:
+                for j in range(length):
+                    out[position + j] = tokens[start + j]
+            if failed != -1:
+                break
+            position += length
+    return failed

@@ -345,3 +345,83 @@ def attention_metadata(segmentation, max_segments, out_lengths, out_offsets, out
     out_cu_seqlens[1 : len(total) + 1] = total
     out_cu_seqlens[len(total) + 1 :] = total[-1] if len(total) else 0
     return 0, -1, -1, int(lengths.max()) if len(lengths) else 0
+
+# Corpus sources (issue 12): grain's index shuffle, vectorized; gathering documents.
+# ---------------------------------------------------------------------------------------
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _simon_rotl(x: np.ndarray, r: int, w: int, mask: np.uint64) -> np.ndarray:
+    # r == w rotates by a full word (std::bitset semantics): the left shift drops out.
+    left = (x << np.uint64(r)) if r < 64 else np.zeros_like(x)
+    return (left | (x >> np.uint64(w - r))) & mask
+
+
+def index_shuffle(indices, max_index, keys, word_bits, out):
+    """``out[i]`` := grain's ``index_shuffle(indices[i], max_index, seed, rounds)``.
+
+    grain's Simon-cipher cycle walk, on whole arrays: every pass encrypts the indices not
+    yet inside ``[0, max_index]``. ``keys``: uint32 round keys from ``std::seed_seq{seed}``
+    (even count); ``word_bits``: half the block size. Returns -1, or the position of the
+    first index outside ``[0, max_index]`` (nothing is written then).
+    """
+    n = indices.shape[0]
+    bad = np.flatnonzero((indices < 0) | (indices.astype(np.uint64) > np.uint64(max_index)))
+    if bad.size:
+        return int(bad[0])
+    if max_index == 0:
+        out[:n] = 0
+        return -1
+    w, mask = int(word_bits), np.uint64((1 << int(word_bits)) - 1)
+    shift = np.uint64(w)
+    keys = [np.uint64(int(k)) & mask for k in keys]
+
+    def f(x):
+        return (_simon_rotl(x, 1, w, mask) & _simon_rotl(x, 8, w, mask)) ^ _simon_rotl(x, 2, w, mask)
+
+    def encrypt(value):
+        left, right = (value >> shift) & mask, value & mask
+        for k in range(0, len(keys), 2):
+            left ^= f(right) ^ keys[k]
+            right ^= f(left) ^ keys[k + 1]
+        return (left << shift) | right
+
+    # A small range in the smallest (16-bit) block walks up to thousands of steps per
+    # index: encrypt the whole block once and walk by table lookups instead.
+    step = encrypt
+    if w == 8 and max_index < 4096:
+        table = encrypt(np.arange(1 << 16, dtype=np.uint64))
+        step = table.__getitem__
+    values = indices.astype(np.uint64) & np.uint64((1 << (2 * w)) - 1 if w < 32 else 2**64 - 1)
+    pending = np.arange(n)
+    while pending.size:
+        value = step(values[pending])
+        values[pending] = value
+        pending = pending[value > np.uint64(max_index)]
+    out[:n] = values.astype(np.int64)
+    return -1
+
+
+def gather_ranges(tokens, starts, ends, out):
+    """Copies ``tokens[starts[i]:ends[i]]`` for every ``i``, back to back, into ``out`` as int32.
+
+    Returns -1; or ``i`` >= 0, the first range holding a token id outside int32; or
+    ``-2 - i`` for the first range ``i`` outside ``tokens`` or ``out``.
+    """
+    lengths = ends - starts
+    stops = np.cumsum(lengths)
+    bad = np.flatnonzero((starts < 0) | (lengths < 0) | (ends > tokens.shape[0]) | (stops > out.shape[0]))
+    if bad.size:
+        return -2 - int(bad[0])
+    total = int(stops[-1]) if stops.size else 0
+    # Position p of the output reads token p + (start of its range - where the range lands).
+    source = np.arange(total, dtype=np.int64)
+    source += np.repeat(starts - (stops - lengths), lengths)
+    values = tokens[source]
+    if tokens.dtype.itemsize >= 4 and tokens.dtype != np.int32 and total:
+        outside = (values > _INT32_MAX) if tokens.dtype.kind == "u" else (values > _INT32_MAX) | (values < _INT32_MIN)
+        if outside.any():
+            return int(np.searchsorted(stops, int(np.flatnonzero(outside)[0]), side="right"))
+    out[:total] = values
+    return -1
