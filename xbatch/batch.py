@@ -281,12 +281,14 @@ class LLMBatch(Batch):
 
     @classmethod
     def get_sample(cls, batch_size: int, max_length: int):
-        """A real batch of zeros (NumPy) with the structure of :meth:`get_dtype_struct`.
+        """A real batch of zeros, ``jax.Array`` on the default device, with the structure of
+        :meth:`get_dtype_struct`, as the seed system returns it.
 
-        Compiling with ``jax.debug.*`` in the model needs real arrays, not structs.
+        Compiling with ``jax.debug.*`` in the model needs real arrays, not structs. (Batches
+        built from NumPy arrays stay NumPy; this constructor makes device arrays.)
         """
         structure = cls.get_dtype_struct(batch_size, max_length)
-        return jax.tree.map(lambda struct: np.zeros(struct.shape, struct.dtype), structure)
+        return jax.tree.map(lambda struct: jnp.zeros(struct.shape, struct.dtype), structure)
 
 
 @dataclass_kwonly
