@@ -36,7 +36,8 @@ def rows_source():
     from xbatch.packing import pack_documents
 
     tokens, lengths = corpus()
-    batch = pack_documents(tokens, lengths, seq_len=SEQ_LEN, eod_token_id=0, pad_token_id=-1)
+    # Padding and EOD are both 0 (token ids are in [0, 2**31)); document ids start at 1.
+    batch = pack_documents(tokens, lengths, seq_len=SEQ_LEN, eod_token_id=0, pad_token_id=0)
     fields = {"targets": batch.targets, "inputs_segmentation": batch.inputs_segmentation}
     num_rows = batch.targets.shape[0]
     # Padding rows (all -1) after the packed rows make the schedule consume every row:
