@@ -71,6 +71,7 @@ INTERRUPT_MID_WRITE = """
 import os, signal, sys
 import numpy.lib.format as fmt
 from xbatch import cli
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even if started in the background
 real = fmt.write_array
 count = [0]
 def write_array(fp, array, *args, **kwargs):
