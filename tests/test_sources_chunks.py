@@ -161,11 +161,4 @@ def test_packed_rows_equal_grain_source():
         for key in expected:
             np.testing.assert_array_equal(row[key], expected[key])
 
-
-def test_mp_prefetch_two_workers(tmp_path):
-    source = make_corpus(200, seed=6)
-    path = write_xbatch_corpus(tmp_path / "c", source.tokens, offsets=source.offsets)
-    dataset = DocumentChunkIterDataset(open_corpus(path), documents_per_chunk=16, seed=2)
-    prefetched = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=2))
-    documents = chunk_documents(prefetched)
-    assert sorted(documents.tolist()) == list(range(200))
+# mp_prefetch with 2 workers: tests/test_sources_pipeline.py::test_workers_hold_every_document_once

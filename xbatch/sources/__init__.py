@@ -23,6 +23,7 @@ _HOMES = {
     "gather_documents": "gather",
     "llm_batches": "pipeline",
     "mix_llm_batches": "pipeline",
+    "packed_rows": "pipeline",
     "open_corpus": "open",
     "write_xbatch_corpus": "format_xbatch",
 }
