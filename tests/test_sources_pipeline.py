@@ -72,3 +72,23 @@ def test_workers_hold_every_document_once(tmp_path):
 
     np.testing.assert_array_equal(token_counts(multi), token_counts(single))
     assert token_counts(single)[1] == len(corpus)  # one EOD per document
+
+
+@pytest.mark.parametrize("shuffle_bins", [False, True])
+def test_batch_rows_views_equal_stack_rows(shuffle_bins):
+    from xbatch.sources.pipeline import batch_rows
+
+    corpus = make_corpus(300, seed=7)
+    rows = list(LLMPackIterDataset(DocumentChunkIterDataset(corpus, documents_per_chunk=40), seq_len=32,
+                                   num_packing_bins=8, eod_token_id=1, shuffle_bins=shuffle_bins, seed=3))
+    views = 0
+    for low in range(0, len(rows) - 4, 3):
+        group = rows[low:low + 4]
+        got = batch_rows(group, ordered=not shuffle_bins)
+        views += got.inputs.base is not None and not got.inputs.flags.owndata
+        for name, value in fields(stack_rows(group)).items():
+            np.testing.assert_array_equal(fields(got)[name], value)
+    assert views > 0 or shuffle_bins  # shuffled rows are rarely consecutive: stacked
+    # Rows that are not consecutive rows of one window are stacked (copied).
+    reordered = [rows[1], rows[0], rows[2]]
+    np.testing.assert_array_equal(batch_rows(reordered).inputs, stack_rows(reordered).inputs)

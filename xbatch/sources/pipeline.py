@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
+import numpy as np
 
 from .._checks import positive_int
 from .chunks import DocumentChunkIterDataset
@@ -38,10 +40,63 @@ def packed_rows(corpus: CorpusLike, *, seq_len: int, eod_token_id: int, pad_toke
                               long_documents=long_documents, shift=shift, **packer_options)
 
 
+_LLM_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation", "targets_position",
+               "targets_segmentation")
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _consecutive_rows(values: list[np.ndarray], ordered: bool) -> np.ndarray | None:
+    """``base[r:r + len(values)]`` when ``values`` are exactly those consecutive whole rows
+    of one 2-d array (the packer's window arrays), else None.
+
+    ``ordered``: the rows come in window order (no ``shuffle_bins``), so rows of one base
+    held together are consecutive and only the first and last addresses need checking.
+    """
+    first = values[0]
+    base = first.base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or first.shape != base.shape[1:]:
+        return None
+    for value in values:
+        if value.base is not base:
+            return None
+    stride, origin, start = base.strides[0], _address(base), _address(first)
+    row, misaligned = divmod(start - origin, stride)
+    if misaligned or row + len(values) > base.shape[0]:
+        return None
+    checked = (values[-1],) if ordered else values
+    offset = len(values) - 1 if ordered else 0
+    for i, value in enumerate(checked):
+        if _address(value) != start + (offset + i) * stride:
+            return None
+    return base[row:row + len(values)]
+
+
+def batch_rows(rows: Sequence[Mapping[str, Any]], *, ordered: bool = False) -> Any:
+    """:func:`xbatch.batch.stack_rows`, without copying when the rows are consecutive
+    rows of one packer window (then each field is a view of the window's array, which the
+    packer's pool does not reuse while the batch holds it). ``ordered``: the rows come
+    in window order (an LLM packer without ``shuffle_bins``)."""
+    from ..batch import LLMBatch, stack_rows
+
+    if rows and len(rows[0]) == len(_LLM_FIELDS):
+        views = {}
+        for name in _LLM_FIELDS:
+            values = [row.get(name) for row in rows]
+            view = _consecutive_rows(values, ordered) if all(isinstance(v, np.ndarray) for v in values) else None
+            if view is None:
+                break
+            views[name] = view
+        else:
+            return LLMBatch(**views)
+    return stack_rows(rows)
+
+
 def _batched(rows: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
              rampup: Mapping[int | str, float] | None, rampup_multiple_of: int, worker_count: int,
-             worker_buffer_size: int) -> grain.IterDataset:
-    from ..batch import stack_rows
+             worker_buffer_size: int, ordered: bool) -> grain.IterDataset:
     from ..grain_batch_rampup import batch_dataset_with_rampup
 
     if worker_count:
@@ -51,9 +106,15 @@ def _batched(rows: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
             num_workers=positive_int("worker_count", worker_count),
             per_worker_buffer_size=positive_int("worker_buffer_size", worker_buffer_size)))
     return batch_dataset_with_rampup(
-        rows, positive_int("batch_size", batch_size), drop_remainder=drop_remainder, batch_fn=stack_rows,
+        rows, positive_int("batch_size", batch_size), drop_remainder=drop_remainder,
+        batch_fn=functools.partial(batch_rows, ordered=ordered and not worker_count),
         schedule_type="stepwise" if rampup else "constant", boundaries_and_scales=rampup or None,
         multiple_of=rampup_multiple_of)
+
+
+def _ordered(algorithm: str, packer_options: Mapping[str, Any]) -> bool:
+    """Whether the packer emits each window's rows in order (see :func:`batch_rows`)."""
+    return algorithm in ("first_fit", "best_fit") and not packer_options.get("shuffle_bins", False)
 
 
 def llm_batches(corpus: CorpusLike, *, batch_size: int, seq_len: int, eod_token_id: int,
@@ -67,7 +128,8 @@ def llm_batches(corpus: CorpusLike, *, batch_size: int, seq_len: int, eod_token_
     """A grain dataset of :class:`~xbatch.batch.LLMBatch` (NumPy) from a tokenized corpus.
 
     Exactly the composition ``DocumentChunkIterDataset(corpus, ...)`` ->
-    ``LLMPackIterDataset(...)`` -> ``batch_dataset_with_rampup(..., batch_fn=stack_rows)``
+    ``LLMPackIterDataset(...)`` -> ``batch_dataset_with_rampup(..., batch_fn=batch_rows)``
+    (:func:`batch_rows`: ``stack_rows``' batches, as views where the rows allow)
     (with ``mp_prefetch`` of the rows when ``worker_count > 0``): the knobs of xlstm-jax's
     ``make_grain_llm_iterator`` that apply to a tokenized corpus.
 
@@ -100,7 +162,7 @@ def llm_batches(corpus: CorpusLike, *, batch_size: int, seq_len: int, eod_token_
                        format=format, field=field, **packer_options)
     return _batched(rows, batch_size=batch_size, drop_remainder=drop_remainder, rampup=rampup,
                     rampup_multiple_of=rampup_multiple_of, worker_count=worker_count,
-                    worker_buffer_size=worker_buffer_size)
+                    worker_buffer_size=worker_buffer_size, ordered=_ordered(algorithm, packer_options))
 
 
 def mix_llm_batches(corpora: Sequence[CorpusLike], weights: Sequence[float], *, batch_size: int, seq_len: int,
@@ -125,4 +187,4 @@ def mix_llm_batches(corpora: Sequence[CorpusLike], weights: Sequence[float], *, 
     mixed = grain.IterDataset.mix(rows, [float(weight) for weight in weights])
     return _batched(mixed, batch_size=batch_size, drop_remainder=drop_remainder, rampup=rampup,
                     rampup_multiple_of=rampup_multiple_of, worker_count=worker_count,
-                    worker_buffer_size=worker_buffer_size)
+                    worker_buffer_size=worker_buffer_size, ordered=False)

@@ -1,0 +1,251 @@
+"""End to end, from the corpus file to batches: xbatch's source -> packer -> batch against
+the xlstm-jax-style grain chain, in one process.
+
+``python bench/bench_end_to_end.py`` writes one synthetic corpus per mean length (90 and
+600 tokens; lognormal, sigma 1, clipped to 1..2,047 so grain's packer, which cannot split,
+takes every document; int32 ids) as an ArrayRecord file (int32 token bytes per record,
+xlstm-jax's layout), a Parquet file and an xbatch corpus directory, then times, from a
+warm page cache (one untimed run first), shuffled, 2,048-token rows, 64 bins, batches of 16:
+
+- grain: ``MapDataset.source(ArrayRecordDataSource(file)).shuffle(seed)`` -> decode + EOD
+  map -> ``to_iter_dataset()`` (grain's DEFAULT ReadOptions) -> ``FirstFitPackIterDataset``
+  -> rename + shift map -> ``batch``; and the same after ``ParquetIterDataset`` (file
+  order: grain has no global shuffle for it);
+- xbatch: ``llm_batches(open_corpus(file), ...)`` (DocumentChunkIterDataset ->
+  LLMPackIterDataset -> batch with ``stack_rows``) from each file;
+
+tokens/s = non-padding cells of the batches per second (median of ``--repeats``);
+grain reads the first ``--grain-tokens`` tokens' worth of batches, xbatch the whole file.
+``--open-documents N`` also times opening an N-document xbatch corpus and its resident
+memory (in a fresh process); ``--workers 2`` times ``mp_prefetch`` workers and checks that
+their rows are those of the same slices packed in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grain
+import numpy as np
+
+import xbatch
+from xbatch.compare import median_seconds
+from xbatch.sources import DocumentChunkIterDataset, llm_batches, open_corpus, write_xbatch_corpus
+
+SEQ_LEN = 2048
+NUM_BINS = 64
+BATCH = 16
+EOD = 1
+SEED = 0
+
+
+def synthetic(mean_tokens: int, num_tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mu = np.log(mean_tokens) - 0.5  # lognormal mean exp(mu + sigma^2 / 2), sigma 1
+    lengths = np.clip(np.rint(rng.lognormal(mu, 1.0, 2 * num_tokens // mean_tokens)), 1, SEQ_LEN - 1)
+    lengths = lengths.astype(np.int64)[: np.searchsorted(np.cumsum(lengths), num_tokens) + 1]
+    return rng.integers(2, 50_000, int(lengths.sum()), dtype=np.int32), lengths
+
+
+def write_files(folder: Path, tokens: np.ndarray, lengths: np.ndarray) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    paths = {"xbatch": folder / "corpus.xbatch", "array_record": folder / "corpus.array_record",
+             "parquet": folder / "corpus.parquet"}
+    write_xbatch_corpus(paths["xbatch"], tokens, offsets=offsets)
+    writer = ArrayRecordWriter(str(paths["array_record"]), "group_size:1")
+    for i in range(len(lengths)):
+        writer.write(tokens[offsets[i]:offsets[i + 1]].tobytes())
+    writer.close()
+    column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(tokens))
+    pq.write_table(pa.table({"input_ids": column.cast(pa.list_(pa.int32()))}), paths["parquet"],
+                   row_group_size=100_000)
+    return paths
+
+
+def _grain_row(row: dict) -> dict:
+    targets = row["targets"]
+    inputs = np.concatenate([np.array([EOD], targets.dtype), targets[:-1]])
+    return {"inputs": inputs, "targets": targets, "inputs_position": row["targets_positions"],
+            "inputs_segmentation": row["targets_segment_ids"], "targets_position": row["targets_positions"],
+            "targets_segmentation": row["targets_segment_ids"]}
+
+
+def grain_chain(path: Path, kind: str) -> grain.IterDataset:
+    """xlstm-jax's chain with grain's own readers and default options."""
+    if kind == "array_record":
+        source = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(str(path))).shuffle(SEED)
+        documents = source.map(lambda record: np.append(np.frombuffer(record, np.int32), np.int32(EOD)))
+        documents = documents.to_iter_dataset()  # default ReadOptions
+    else:
+        documents = grain.experimental.ParquetIterDataset(str(path)).map(
+            lambda row: np.append(np.asarray(row["input_ids"], np.int32), np.int32(EOD)))
+    packed = grain.experimental.FirstFitPackIterDataset(
+        documents.map(lambda tokens: {"targets": tokens}), length_struct={"targets": SEQ_LEN},
+        num_packing_bins=NUM_BINS, shuffle_bins=False)
+    return packed.map(_grain_row).batch(BATCH, drop_remainder=True)
+
+
+def xbatch_chain(corpus, **kwargs) -> grain.IterDataset:
+    return llm_batches(corpus, batch_size=BATCH, seq_len=SEQ_LEN, eod_token_id=EOD, num_packing_bins=NUM_BINS,
+                       seed=SEED, num_epochs=1, **kwargs)
+
+
+def tokens_per_second(make, max_tokens: float, repeats: int) -> tuple[float, int]:
+    """(median tokens/s, tokens per run) of iterating ``make()`` until ``max_tokens``."""
+    counted = []
+
+    def run():
+        total = 0
+        for batch in make():
+            segmentation = batch["targets_segmentation"] if isinstance(batch, dict) else batch.targets_segmentation
+            total += int(np.count_nonzero(segmentation))
+            if total >= max_tokens:
+                break
+        counted.append(total)
+
+    seconds = median_seconds(run, repeats)
+    return counted[-1] / seconds, counted[-1]
+
+
+def open_figures(folder: Path, num_documents: int) -> dict:
+    """Writes an ``num_documents``-document xbatch corpus (1-3 uint16 tokens each), then
+    opens it in a fresh process: seconds to open, resident memory after opening and after
+    reading one shuffled chunk of 4,096 documents."""
+    path = folder / "huge.xbatch"
+    lengths = np.random.default_rng(0).integers(1, 4, size=num_documents)
+    offsets = np.lib.format.open_memmap(folder / "offsets.tmp.npy", mode="w+", dtype=np.int64,
+                                        shape=(num_documents + 1,))
+    offsets[0] = 0
+    np.cumsum(lengths, out=offsets[1:])
+    num_tokens = int(offsets[-1])
+    del lengths
+    path.mkdir()
+    tokens = np.lib.format.open_memmap(path / "tokens.npy", mode="w+", dtype=np.uint16, shape=(num_tokens,))
+    tokens[:] = 7
+    tokens.flush()
+    offsets.flush()
+    del tokens, offsets
+    os.rename(folder / "offsets.tmp.npy", path / "offsets.npy")
+    probe = f"""
+import time, json, numpy as np
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1]) * 1024
+from xbatch.sources import open_corpus, DocumentChunkIterDataset
+import grain  # imported before the first figure: its memory is not the corpus'
+before = rss()
+start = time.perf_counter()
+corpus = open_corpus({str(path)!r})
+seconds = time.perf_counter() - start
+opened = rss()
+start = time.perf_counter()
+chunk = next(iter(DocumentChunkIterDataset(corpus, seed=1)))
+first = time.perf_counter() - start
+print(json.dumps(dict(documents=len(corpus), open_seconds=seconds, rss_open=opened - before,
+                      rss_first_chunk=rss() - before, first_chunk_seconds=first,
+                      offsets_bytes=corpus.offsets.nbytes)))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def worker_figures(path: Path, workers: int, repeats: int) -> dict:
+    """mp_prefetch: tokens/s, and rows == the workers' slices packed in one process."""
+    from xbatch.packing import LLMPackIterDataset
+
+    rate, _ = tokens_per_second(lambda: xbatch_chain(open_corpus(path), worker_count=workers,
+                                                     drop_remainder=False), float("inf"), repeats)
+
+    def rows_of(batches):
+        return sorted(row.tobytes() for batch in batches for row in np.asarray(batch.targets))
+
+    multi = rows_of(xbatch_chain(open_corpus(path), worker_count=workers, drop_remainder=False))
+    sliced = []
+    for worker in range(workers):
+        chunks = DocumentChunkIterDataset(open_corpus(path), seed=SEED)
+        chunks.set_slice(slice(worker, None, workers))
+        packer = LLMPackIterDataset(chunks, seq_len=SEQ_LEN, num_packing_bins=NUM_BINS, eod_token_id=EOD)
+        sliced.extend(row["targets"].tobytes() for row in packer)
+    single = xbatch_chain(open_corpus(path), drop_remainder=False)
+    single_tokens = np.bincount(np.concatenate([np.asarray(b.targets)[np.asarray(b.targets_segmentation) > 0]
+                                                for b in single]))
+    multi_tokens = np.bincount(np.concatenate([np.frombuffer(r, np.int32) for r in multi]))
+    multi_tokens[0] -= single_tokens[0] if False else 0
+    return {"workers": workers, "tokens_per_second": rate, "rows": len(multi),
+            "rows_equal_sliced_single_process": multi == sorted(sliced),
+            "documents_once": bool(np.array_equal(multi_tokens[2:], single_tokens[2:])
+                                   and multi_tokens[EOD] == single_tokens[EOD])}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=float, default=20e6, help="tokens per corpus file")
+    parser.add_argument("--grain-tokens", type=float, default=2e6, help="tokens grain packs per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--means", type=int, nargs="+", default=[90, 600])
+    parser.add_argument("--open-documents", type=int, default=0, help="e.g. 100000000 (needs ~1 GB of disk)")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="xbatch-e2e-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"xbatch {xbatch.__version__} ({xbatch.BACKEND}), grain {getattr(grain, '__version__', '?')}; "
+          f"{SEQ_LEN}-token rows, {NUM_BINS} bins, batches of {BATCH}, shuffled; median of {args.repeats}")
+    try:
+        for mean in args.means:
+            tokens, lengths = synthetic(mean, int(args.tokens))
+            paths = write_files(folder / f"mean{mean}", tokens, lengths) if (folder / f"mean{mean}").mkdir(
+                exist_ok=True) is None else None
+            print(f"\nmean {mean} tokens: {len(lengths):,} documents, {tokens.size:,} tokens")
+            results = {}
+            for kind in ("array_record", "parquet"):
+                rate, _ = tokens_per_second(lambda: grain_chain(paths[kind], kind), args.grain_tokens, args.repeats)
+                results[f"grain {kind}"] = rate
+            for kind in ("xbatch", "array_record", "parquet"):
+                start = time.perf_counter()
+                corpus = open_corpus(paths[kind])
+                opened = time.perf_counter() - start
+                rate, _ = tokens_per_second(lambda: xbatch_chain(corpus), float("inf"), args.repeats)
+                results[f"xbatch {kind}"] = rate
+                print(f"  xbatch from {kind:13s} {rate / 1e6:8.1f} M tokens/s   (open: {opened:.2f} s)")
+            for kind in ("array_record", "parquet"):
+                print(f"  grain chain, {kind:12s} {results[f'grain {kind}'] / 1e6:8.2f} M tokens/s"
+                      + ("   (file order: no global shuffle)" if kind == "parquet" else ""))
+            base = results["grain array_record"]
+            for kind in ("xbatch", "array_record"):
+                print(f"  xbatch from {kind} / grain chain from ArrayRecord: {results[f'xbatch {kind}'] / base:6.1f}x")
+            print(f"  xbatch from parquet / grain ParquetIterDataset chain: "
+                  f"{results['xbatch parquet'] / results['grain parquet']:6.1f}x")
+            if args.workers and mean == args.means[-1]:
+                figures = worker_figures(paths["xbatch"], args.workers, args.repeats)
+                print(f"  mp_prefetch, {args.workers} workers: {figures['tokens_per_second'] / 1e6:.1f} M tokens/s; "
+                      f"{figures['rows']} rows; rows == the workers' slices packed in one process: "
+                      f"{figures['rows_equal_sliced_single_process']}; every document once (token multiset == "
+                      f"single process): {figures['documents_once']}")
+        if args.open_documents:
+            figures = open_figures(folder, args.open_documents)
+            print(f"\nopening a {figures['documents']:,}-document xbatch corpus: {figures['open_seconds']:.3f} s, "
+                  f"resident +{figures['rss_open'] / 2**20:.1f} MiB; first shuffled chunk "
+                  f"{figures['first_chunk_seconds'] * 1e3:.1f} ms, resident then +{figures['rss_first_chunk'] / 2**20:.1f}"
+                  f" MiB (offsets file: {figures['offsets_bytes'] / 2**20:.0f} MiB)")
+    finally:
+        if not args.dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
