@@ -89,7 +89,8 @@ def test_documents_run_across_rows(backend):
     np.testing.assert_array_equal(batch.targets_segmentation, [[1, 1, 1, 1], [1, 1, 1, 2], [1, 1, 1, 1]])
     np.testing.assert_array_equal(batch.targets_position, [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 2, 3]])
     np.testing.assert_array_equal(batch.inputs, [[E, 1, 2, 3], [E, 4, 5, E], [E, 7, 8, 9]])
-    assert stats == PackingStats(rows=3, documents=3, pieces=4, tokens=12, capacity=12, documents_split=1)
+    assert stats == PackingStats(rows=3, documents=3, pieces=4, tokens=12, capacity=12, documents_split=1,
+                                 loss_tokens=12)
 
 
 @pytest.mark.parametrize("shift", ["inputs", "targets"])
@@ -129,7 +130,10 @@ def test_statistics_count_documents_cut_across_rows(backend):
     ends = starts + [len(d) + 1 for d in docs]
     cut = sum(int(-(-s // seq_len) * seq_len < e) for s, e in zip(starts, ends) if s % seq_len or e - s > seq_len)
     assert stats.documents_split == cut > 0
-    assert stats.documents == len(docs)
+    assert stats.documents == len(docs) and stats.loss_tokens == stats.tokens
+    _, shifted = pack_documents(*_flat(docs), seq_len=seq_len, eod_token_id=E, algorithm=CONCAT, shift="targets",
+                                return_stats=True)
+    assert shifted.loss_tokens == stats.tokens - stats.rows  # column 0 of a row is no target
     assert stats.tokens == ends[-1] == int((batch.targets_segmentation > 0).sum())
     assert stats.pieces == len(docs) + sum(-(-e // seq_len) - s // seq_len - 1 for s, e in zip(starts, ends))
     iterator = iter(_stream(_chunks(docs, 7), seq_len=seq_len, num_packing_bins=3))

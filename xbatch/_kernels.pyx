@@ -856,3 +856,249 @@ def gather_ranges(const corpus_token_t[::1] tokens, const int64_t[::1] starts,
                 break
             position += length
     return failed
+
+
+# Rolling best fit: bins that stay open (xbatch.packing.rolling)
+# ---------------------------------------------------------------------------------------
+
+from libcpp.algorithm cimport sort as cpp_sort
+from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
+
+ctypedef pair[int64_t, int64_t] i64pair
+ctypedef cpp_set[i64pair].iterator i64pair_iter
+cdef int64_t LARGEST = 0x7FFFFFFFFFFFFFFF
+
+
+cdef class RollingPacker:
+    """Online best fit whose bins stay open; see ``xbatch/_kernels_numpy.py`` for the rule.
+
+    Ordered sets keep the bins by (free cells, bin) and by (opening time, bin) and the
+    look-ahead buffer by (length, id) and by (id, length): every step is O(log B + log K).
+    """
+
+    cdef readonly int64_t capacity, num_bins, buffer_size, buffer_wait, bin_wait, clock
+    cdef vector[int64_t] _free, _opened
+    cdef vector[vector[i64pair]] _contents  # per bin: (id, length) in placement order
+    cdef cpp_set[i64pair] _by_free, _by_open, _buffer, _buffer_age
+    cdef vector[int64_t] _out_items, _out_row_sizes
+    cdef bint _busy
+
+    cdef int _enter(self) except -1:
+        # Runs with the GIL held, so test-and-set is atomic between Python threads.
+        if self._busy:
+            _checks.raise_busy("RollingPacker")
+        self._busy = True
+        return 0
+
+    def __init__(self, capacity, num_bins, buffer_size, buffer_wait, bin_wait):
+        self.capacity = capacity
+        self.num_bins = num_bins
+        self.buffer_size = buffer_size
+        self.buffer_wait = buffer_wait
+        self.bin_wait = bin_wait
+        self._free.assign(self.num_bins, self.capacity)
+        self._opened.assign(self.num_bins, -1)
+        self._contents.resize(self.num_bins)
+        self._reset()
+
+    cdef void _reset(self) noexcept nogil:
+        cdef int64_t b
+        self.clock = 0
+        self._by_free.clear()
+        self._by_open.clear()
+        self._buffer.clear()
+        self._buffer_age.clear()
+        for b in range(self.num_bins):
+            self._free[b] = self.capacity
+            self._opened[b] = -1
+            self._contents[b].clear()
+            self._by_free.insert(i64pair(self.capacity, b))
+
+    @property
+    def num_held(self):
+        """Items pushed and not yet in an emitted row."""
+        cdef int64_t b, count
+        self._enter()
+        count = self._buffer.size()
+        for b in range(self.num_bins):
+            count += self._contents[b].size()
+        self._busy = False
+        return count
+
+    def held_ids(self):
+        """int64[num_held]: the ids of the items not yet emitted, ascending."""
+        cdef vector[int64_t] ids
+        cdef i64pair_iter it = self._buffer_age.begin()
+        cdef int64_t b, i
+        self._enter()
+        while it != self._buffer_age.end():
+            ids.push_back(deref(it).first)
+            inc(it)
+        for b in range(self.num_bins):
+            for i in range(<int64_t>self._contents[b].size()):
+                ids.push_back(self._contents[b][i].first)
+        cpp_sort(ids.begin(), ids.end())
+        self._busy = False
+        return _to_numpy(ids)
+
+    def push(self, const int64_t[::1] lengths):
+        """Pushes items in order; returns the index of the first with a length outside
+        1..capacity (not pushed, nor any after it), or -1."""
+        cdef Py_ssize_t i
+        cdef int64_t bad = -1
+        self._enter()
+        try:
+            with nogil:
+                for i in range(lengths.shape[0]):
+                    if lengths[i] < 1 or lengths[i] > self.capacity:
+                        bad = i
+                        break
+                    self._push_one(lengths[i])
+        finally:
+            self._busy = False
+        return bad
+
+    def drain(self):
+        """Places every held item best-fit-decreasing into new rows, emits them and
+        starts over (the next id is 0)."""
+        self._enter()
+        try:
+            with nogil:
+                self._drain()
+        finally:
+            self._busy = False
+
+    cdef void _drain(self) noexcept nogil:
+        cdef vector[i64pair] items  # (-length, id)
+        cdef vector[vector[i64pair]] rows
+        cdef vector[int64_t] room
+        cdef cpp_set[i64pair] by_room
+        cdef i64pair_iter it
+        cdef int64_t b, i, length, row
+        if True:
+            it = self._buffer.begin()
+            while it != self._buffer.end():
+                items.push_back(i64pair(-deref(it).first, deref(it).second))
+                inc(it)
+            for b in range(self.num_bins):
+                for i in range(<int64_t>self._contents[b].size()):
+                    items.push_back(i64pair(-self._contents[b][i].second, self._contents[b][i].first))
+            cpp_sort(items.begin(), items.end())
+            for i in range(<int64_t>items.size()):
+                length = -items[i].first
+                it = by_room.lower_bound(i64pair(length, -1))
+                if it == by_room.end():
+                    row = rows.size()
+                    rows.push_back(vector[i64pair]())
+                    room.push_back(self.capacity)
+                else:
+                    row = deref(it).second
+                    by_room.erase(it)
+                room[row] -= length
+                by_room.insert(i64pair(room[row], row))
+                rows[row].push_back(i64pair(items[i].second, length))
+            for row in range(<int64_t>rows.size()):
+                self._emit(rows[row])
+            self._reset()
+
+    def take_rows(self):
+        """(int64[items] ids, int64[rows] items per row) of the rows emitted since the
+        last call, in emission order; each row lists its items in placement order."""
+        self._enter()
+        try:
+            result = _to_numpy(self._out_items), _to_numpy(self._out_row_sizes)
+            self._out_items.clear()
+            self._out_row_sizes.clear()
+        finally:
+            self._busy = False
+        return result
+
+    cdef void _emit(self, vector[i64pair]& items) noexcept nogil:
+        cdef int64_t i
+        for i in range(<int64_t>items.size()):
+            self._out_items.push_back(items[i].first)
+        self._out_row_sizes.push_back(items.size())
+
+    cdef void _push_one(self, int64_t length) noexcept nogil:
+        cdef int64_t item = self.clock, room
+        cdef i64pair entry
+        cdef i64pair_iter it
+        self.clock += 1
+        self._buffer.insert(i64pair(length, item))
+        self._buffer_age.insert(i64pair(item, length))
+        while not self._buffer_age.empty():  # the oldest has waited long enough
+            entry = deref(self._buffer_age.begin())
+            if self.clock - (entry.first + 1) < self.buffer_wait:
+                break
+            self._take(entry.second, entry.first)
+        while <int64_t>self._buffer.size() > self.buffer_size:
+            # The largest item that fits some bin; if none does, the largest.
+            it = self._by_free.end()
+            dec(it)
+            room = deref(it).first
+            it = self._buffer.upper_bound(i64pair(room, LARGEST))
+            if it == self._buffer.begin():
+                it = self._buffer.end()
+            dec(it)
+            entry = deref(it)
+            self._take(entry.first, entry.second)
+        while not self._by_open.empty():  # close bins open too long
+            entry = deref(self._by_open.begin())
+            if self.clock - entry.first < self.bin_wait:
+                break
+            self._close(entry.second)
+
+    cdef void _take(self, int64_t length, int64_t item) noexcept nogil:
+        """Moves an item from the buffer into the best bin."""
+        cdef i64pair_iter it
+        cdef int64_t room, b
+        self._buffer.erase(i64pair(length, item))
+        self._buffer_age.erase(i64pair(item, length))
+        it = self._by_free.lower_bound(i64pair(length, -1))
+        if it == self._by_free.end():  # fits no bin: close the fullest
+            self._close(deref(self._by_free.begin()).second)
+            it = self._by_free.lower_bound(i64pair(length, -1))
+            if it == self._by_free.end():  # longer than a bin: push() never lets it in
+                return
+        room = deref(it).first
+        b = deref(it).second
+        self._by_free.erase(it)
+        self._by_free.insert(i64pair(room - length, b))
+        self._free[b] = room - length
+        if self._opened[b] < 0:
+            self._opened[b] = self.clock
+            self._by_open.insert(i64pair(self.clock, b))
+        self._contents[b].push_back(i64pair(item, length))
+
+    cdef void _close(self, int64_t b) noexcept nogil:
+        """Tops bin ``b`` up from the buffer (largest fitting item first), emits it and
+        empties it."""
+        cdef int64_t room = self._free[b]
+        cdef i64pair_iter it
+        cdef i64pair entry
+        while room > 0 and not self._buffer.empty():
+            it = self._buffer.upper_bound(i64pair(room, LARGEST))
+            if it == self._buffer.begin():
+                break
+            dec(it)
+            entry = deref(it)
+            self._buffer.erase(it)
+            self._buffer_age.erase(i64pair(entry.second, entry.first))
+            self._contents[b].push_back(i64pair(entry.second, entry.first))
+            room -= entry.first
+        self._emit(self._contents[b])
+        self._contents[b].clear()
+        self._by_free.erase(i64pair(self._free[b], b))
+        self._free[b] = self.capacity
+        self._by_free.insert(i64pair(self.capacity, b))
+        if self._opened[b] >= 0:
+            self._by_open.erase(i64pair(self._opened[b], b))
+            self._opened[b] = -1
+
+
+cdef object _to_numpy(vector[int64_t]& values):
+    out = np.empty(values.size(), dtype=np.int64)
+    cdef int64_t[::1] view = out
+    if values.size():
+        memcpy(&view[0], values.data(), values.size() * sizeof(int64_t))
+    return out

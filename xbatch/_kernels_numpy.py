@@ -13,6 +13,7 @@ Placement follows grain's packers (``grain.experimental.FirstFitPackIterDataset`
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 
@@ -425,3 +426,166 @@ def gather_ranges(tokens, starts, ends, out):
             return int(np.searchsorted(stops, int(np.flatnonzero(outside)[0]), side="right"))
     out[:total] = values
     return -1
+
+
+# Rolling best fit: bins that stay open (xbatch.packing.rolling)
+# ---------------------------------------------------------------------------------------
+
+
+class RollingPacker:
+    """Online best fit into ``num_bins`` bins that stay open, with a look-ahead buffer.
+
+    Items (lengths 1..capacity) get ids 0, 1, ... in push order; ``clock`` counts the
+    items pushed. Each push:
+
+    1. puts the item into the buffer;
+    2. while the oldest buffered item has waited ``buffer_wait`` pushes
+       (``clock - (id + 1) >= buffer_wait``), moves it into a bin;
+    3. while the buffer holds more than ``buffer_size`` items, moves the largest item
+       that fits some bin (ties: the newest), or the largest if none fits, into a bin;
+    4. while a bin has been open ``bin_wait`` pushes (``clock - opened >= bin_wait``,
+       ``opened`` the clock when it took its first item), closes it, oldest first.
+
+    An item moves into the fullest bin with room (best fit, ties to the lowest bin);
+    when no bin has room, the fullest bin is closed first and takes it. Closing a bin
+    tops it up from the buffer (the largest item that fits the room left, repeatedly),
+    emits it as a row and empties it. So an item is in an emitted row at the latest
+    ``buffer_wait + bin_wait`` pushes after its own. ``drain()`` places every held item
+    best-fit-decreasing into new rows, emits them and starts over with id 0.
+
+    Sorted lists stand in for the compiled backend's ordered sets: the same order, the
+    same ties, the same rows.
+    """
+
+    def __init__(self, capacity, num_bins, buffer_size, buffer_wait, bin_wait):
+        self.capacity = int(capacity)
+        self.num_bins = int(num_bins)
+        self.buffer_size = int(buffer_size)
+        self.buffer_wait = int(buffer_wait)
+        self.bin_wait = int(bin_wait)
+        self._out_items: list[int] = []
+        self._out_row_sizes: list[int] = []
+        self._lock = threading.Lock()
+        self._reset()
+
+    @contextlib.contextmanager
+    def _in_use(self):
+        if not self._lock.acquire(blocking=False):
+            _checks.raise_busy("RollingPacker")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _reset(self) -> None:
+        self.clock = 0
+        self._free = [self.capacity] * self.num_bins
+        self._opened = [-1] * self.num_bins
+        self._contents: list[list[tuple[int, int]]] = [[] for _ in range(self.num_bins)]  # (id, length)
+        self._by_free = [(self.capacity, b) for b in range(self.num_bins)]
+        self._by_open: list[tuple[int, int]] = []
+        self._buffer: list[tuple[int, int]] = []  # (length, id), sorted
+        self._buffer_age: list[tuple[int, int]] = []  # (id, length), sorted
+
+    @property
+    def num_held(self) -> int:
+        return len(self._buffer) + sum(len(items) for items in self._contents)
+
+    def held_ids(self) -> np.ndarray:
+        ids = [item for item, _ in self._buffer_age] + [item for items in self._contents for item, _ in items]
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def push(self, lengths: np.ndarray) -> int:
+        with self._in_use():
+            for i, length in enumerate(lengths.tolist()):
+                if not 1 <= length <= self.capacity:
+                    return i
+                self._push_one(length)
+            return -1
+
+    def drain(self) -> None:
+        with self._in_use():
+            self._drain()
+
+    def _drain(self) -> None:
+        items = sorted([(-length, item) for length, item in self._buffer]
+                       + [(-length, item) for items in self._contents for item, length in items])
+        rows: list[list[tuple[int, int]]] = []
+        room: list[int] = []
+        by_room: list[tuple[int, int]] = []
+        for negative, item in items:
+            length = -negative
+            i = bisect.bisect_left(by_room, (length, -1))
+            if i == len(by_room):
+                row = len(rows)
+                rows.append([])
+                room.append(self.capacity)
+            else:
+                row = by_room.pop(i)[1]
+            room[row] -= length
+            bisect.insort(by_room, (room[row], row))
+            rows[row].append((item, length))
+        for row_items in rows:
+            self._emit(row_items)
+        self._reset()
+
+    def take_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        result = np.array(self._out_items, dtype=np.int64), np.array(self._out_row_sizes, dtype=np.int64)
+        self._out_items, self._out_row_sizes = [], []
+        return result
+
+    def _emit(self, items: list[tuple[int, int]]) -> None:
+        self._out_items.extend(item for item, _ in items)
+        self._out_row_sizes.append(len(items))
+
+    def _push_one(self, length: int) -> None:
+        item = self.clock
+        self.clock += 1
+        bisect.insort(self._buffer, (length, item))
+        self._buffer_age.append((item, length))  # ids only grow: stays sorted
+        while self._buffer_age and self.clock - (self._buffer_age[0][0] + 1) >= self.buffer_wait:
+            oldest, oldest_length = self._buffer_age[0]
+            self._take(oldest_length, oldest)
+        while len(self._buffer) > self.buffer_size:
+            room = self._by_free[-1][0]
+            i = bisect.bisect_right(self._buffer, (room, _LARGEST)) - 1
+            self._take(*self._buffer[i if i >= 0 else -1])
+        while self._by_open and self.clock - self._by_open[0][0] >= self.bin_wait:
+            self._close(self._by_open[0][1])
+
+    def _take(self, length: int, item: int) -> None:
+        self._buffer.remove((length, item))
+        self._buffer_age.remove((item, length))
+        i = bisect.bisect_left(self._by_free, (length, -1))
+        if i == len(self._by_free):
+            self._close(self._by_free[0][1])
+            i = bisect.bisect_left(self._by_free, (length, -1))
+        room, b = self._by_free.pop(i)
+        bisect.insort(self._by_free, (room - length, b))
+        self._free[b] = room - length
+        if self._opened[b] < 0:
+            self._opened[b] = self.clock
+            bisect.insort(self._by_open, (self.clock, b))
+        self._contents[b].append((item, length))
+
+    def _close(self, b: int) -> None:
+        room = self._free[b]
+        while room > 0 and self._buffer:
+            i = bisect.bisect_right(self._buffer, (room, _LARGEST)) - 1
+            if i < 0:
+                break
+            length, item = self._buffer.pop(i)
+            self._buffer_age.remove((item, length))
+            self._contents[b].append((item, length))
+            room -= length
+        self._emit(self._contents[b])
+        self._contents[b] = []
+        self._by_free.remove((self._free[b], b))
+        self._free[b] = self.capacity
+        bisect.insort(self._by_free, (self.capacity, b))
+        if self._opened[b] >= 0:
+            self._by_open.remove((self._opened[b], b))
+            self._opened[b] = -1
+
+
+_LARGEST = 2**63 - 1

@@ -33,6 +33,7 @@ _INT32_MAX = int(np.iinfo(np.int32).max)
 __all__ = [
     "ALGORITHMS",
     "BinPacker",
+    "RollingPacker",
     "document_borders",
     "pack_rows",
     "scatter_rows",
@@ -516,3 +517,79 @@ def gather_ranges(tokens: np.ndarray, starts: Any, ends: Any, out: np.ndarray | 
     if failed < -1:  # ruled out above; never silently
         raise ValueError(f"starts, ends: range {-2 - failed} lies outside tokens or out")
     return out[:total], lengths
+
+
+# Rolling best fit: bins that stay open (xbatch.packing.rolling) -------------------------
+
+
+MAX_ROLLING_BINS = 2**20  # open bins are allocated up front: ~100 bytes each
+
+
+class RollingPacker:
+    """Online best fit whose bins stay open, with a look-ahead buffer and bounded waits.
+
+    Items (lengths in cells) get ids 0, 1, ... in push order. An item enters a buffer of
+    ``buffer_size`` items; the largest buffered item that fits some bin moves into the
+    fullest bin with room (best fit); when none has room, the fullest bin is emitted
+    first. A bin is emitted when an item fits nowhere else, or ``bin_wait`` pushes after
+    it took its first item; before it leaves, the largest buffered items that fit top it
+    up. A buffered item moves into a bin at the latest ``buffer_wait`` pushes after its
+    own, so every item is in an emitted row at most ``buffer_wait + bin_wait`` pushes
+    after it was pushed (``max_wait``). Each push costs O(log num_bins + log buffer_size)
+    on the compiled backend. The exact rule is in ``xbatch/_kernels_numpy.py``.
+
+    Args:
+      capacity: cells per bin (>= 1).
+      num_bins: open bins (1..2**20).
+      buffer_size: items held back to choose from (>= 0).
+      buffer_wait: pushes an item may wait in the buffer (>= 0).
+      bin_wait: pushes a bin may stay open after its first item (>= 1).
+    """
+
+    def __init__(self, capacity: int, *, num_bins: int, buffer_size: int, buffer_wait: int, bin_wait: int):
+        self.capacity = positive_int("capacity", capacity)
+        self.num_bins = positive_int("num_bins", num_bins, maximum=MAX_ROLLING_BINS)
+        self.buffer_size = positive_int("buffer_size", buffer_size, minimum=0)
+        self.buffer_wait = positive_int("buffer_wait", buffer_wait, minimum=0)
+        self.bin_wait = positive_int("bin_wait", bin_wait)
+        self._impl = _backend.impl.RollingPacker(
+            self.capacity, self.num_bins, self.buffer_size, self.buffer_wait, self.bin_wait
+        )
+
+    @property
+    def max_wait(self) -> int:
+        """Pushes after its own by which an item is in an emitted row, at the latest."""
+        return self.buffer_wait + self.bin_wait
+
+    @property
+    def clock(self) -> int:
+        """Items pushed since the start or the last :meth:`drain` (the next item's id)."""
+        return self._impl.clock
+
+    @property
+    def num_held(self) -> int:
+        """Items pushed and not yet in an emitted row."""
+        return self._impl.num_held
+
+    def held_ids(self) -> np.ndarray:
+        """int64[num_held], ascending: the ids of the items not yet emitted."""
+        return self._impl.held_ids()
+
+    def push(self, lengths: Any) -> None:
+        """Pushes items of ``lengths`` (int[n], each in 1..capacity cells) in order."""
+        lengths = _int_array("lengths", lengths, 1)
+        bad = self._impl.push(lengths)
+        if bad >= 0:
+            raise ValueError(
+                f"lengths: expected lengths in 1..{self.capacity} (capacity), got {lengths[bad]} for item "
+                f"{bad}; the items before it were pushed"
+            )
+
+    def drain(self) -> None:
+        """Emits every held item, best-fit-decreasing into new rows; ids restart at 0."""
+        self._impl.drain()
+
+    def take_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(int64[items] ids, int64[rows] items per row) of the rows emitted since the
+        last call, in emission order, each row's items in placement order."""
+        return self._impl.take_rows()

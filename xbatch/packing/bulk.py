@@ -15,10 +15,12 @@ from .. import kernels
 from .._checks import positive_int
 from ..batch import LLMBatch, LLMIndexedBatch
 from .concat_rows import pack_concat
+from .rolling import pack_rolling
 from .pieces import (
     BULK_ALGORITHMS,
     CONCAT,
     DECREASING,
+    ROLLING,
     LONG_DOCUMENTS,
     SHIFTS,
     as_lengths,
@@ -60,7 +62,8 @@ def pack_documents(
     pieces longest first (a stable sort: equal lengths keep corpus order), the tightest
     packing; each row still lists its pieces in corpus order. ``"concat_then_split"``
     puts the documents back to back and cuts a row every ``seq_len`` cells (the bins
-    are ignored; see :mod:`xbatch.packing.concat_rows`).
+    are ignored; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` needs
+    ``num_packing_bins`` open bins (see :mod:`xbatch.packing.rolling`).
 
     Args:
       tokens: int[total], the documents' tokens back to back (any integer dtype; ids in
@@ -71,7 +74,7 @@ def pack_documents(
       pad_token_id: fills cells no document covers.
       num_packing_bins: bins per window (>= 1), or None for one window over the corpus.
       algorithm: ``"first_fit"``, ``"best_fit"``, ``"concat_then_split"``,
-        ``"first_fit_decreasing"`` or ``"best_fit_decreasing"``.
+        ``"rolling_best_fit"``, ``"first_fit_decreasing"`` or ``"best_fit_decreasing"``.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` for documents whose
         tokens plus EOD exceed ``seq_len`` (see :mod:`xbatch.packing.pieces`).
       shift: ``"inputs"`` (inputs shifted right, the seed's layout) or ``"targets"``
@@ -107,8 +110,16 @@ def pack_documents(
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
     mask = documents_loss_mask(lengths, loss_mask, prompt_lengths)
+    if algorithm == ROLLING:
+        _check_concat_options(mask, train_on_eod, cap, algorithm)
+        if num_packing_bins is None:
+            raise ValueError("num_packing_bins: rolling_best_fit needs a number of open bins, got None")
+        fields, stats = pack_rolling(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
+                                     pad_token_id=pad_token_id, num_bins=num_packing_bins,
+                                     long_documents=long_documents, shift=shift)
+        return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     if algorithm == CONCAT:
-        _check_concat_options(mask, train_on_eod, cap)
+        _check_concat_options(mask, train_on_eod, cap, algorithm)
         fields, stats = pack_concat(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
                                     pad_token_id=pad_token_id, long_documents=long_documents, shift=shift)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
@@ -137,10 +148,10 @@ def pack_documents(
     return batch, stats
 
 
-def _check_concat_options(mask: np.ndarray | None, train_on_eod: bool, cap: int | None) -> None:
+def _check_concat_options(mask: np.ndarray | None, train_on_eod: bool, cap: int | None, algorithm: str) -> None:
     if mask is not None or not train_on_eod or cap is not None:
         raise ValueError(
-            "algorithm='concat_then_split' does not take loss masks, prompt lengths, train_on_eod=False or "
+            f"algorithm={algorithm!r} does not take loss masks, prompt lengths, train_on_eod=False or "
             "max_documents_per_row yet; use 'first_fit' or 'best_fit'"
         )
 

@@ -120,9 +120,11 @@ def lay_out(pieces: RowPieces, *, seq_len: int, eod_token_id: int, pad_token_id:
                         eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift, empty=empty)
 
 
-def add_row_stats(totals: PackingStats, row_stats: Any, seq_len: int) -> None:
-    """Adds one row's ``RowPieces.row_stats`` entry to running totals."""
+def add_row_stats(totals: PackingStats, row_stats: Any, seq_len: int, shift: str) -> None:
+    """Adds one row's ``RowPieces.row_stats`` entry to running totals (no loss masks:
+    every target is trained on, but column 0 with ``shift="targets"``)."""
     totals.rows += 1
+    totals.loss_tokens += row_stats[0] - (shift == "targets")
     totals.capacity += seq_len
     totals.tokens += row_stats[0]
     totals.pieces += row_stats[1]
@@ -141,5 +143,6 @@ def pack_concat(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_to
     fields = lay_out(pieces, seq_len=seq_len, eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift)
     tokens_in_rows, num_pieces, _, split, truncated = (int(n) for n in pieces.row_stats.sum(axis=0))
     stats = PackingStats(rows=pieces.num_rows, documents=lengths.shape[0], pieces=num_pieces, tokens=tokens_in_rows,
-                         capacity=pieces.num_rows * seq_len, tokens_truncated=truncated, documents_split=split)
+                         capacity=pieces.num_rows * seq_len, tokens_truncated=truncated, documents_split=split,
+                         loss_tokens=tokens_in_rows - pieces.num_rows * (shift == "targets"))
     return fields, stats

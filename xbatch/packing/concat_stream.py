@@ -12,7 +12,7 @@ import numpy as np
 from . import checkpoint
 from .buffers import BufferPool
 from .concat_rows import Cells, add_row_stats, cut_rows, document_cells, lay_out
-from .pieces import as_lengths, as_tokens
+from .pieces import as_lengths, as_tokens, refuse_loss_masks
 from .stats import PackingStats
 
 
@@ -72,7 +72,7 @@ class ConcatRowsIterator(grain.DatasetIterator):
             self._pack_window()
         row = self._order[self._next_row]
         element = {name: field[row] for name, field in self._fields.items()}
-        add_row_stats(self._totals, self._row_stats[row], self._options.seq_len)
+        add_row_stats(self._totals, self._row_stats[row], self._options.seq_len, self._options.shift)
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:
@@ -121,6 +121,7 @@ class ConcatRowsIterator(grain.DatasetIterator):
     def _cells_of(self, element: Any) -> Cells:
         options = self._options
         if isinstance(element, Mapping):
+            refuse_loss_masks(element, options.algorithm)
             if "tokens" not in element or "lengths" not in element:
                 raise ValueError(
                     f"parent element: a ragged chunk needs the keys 'tokens' and 'lengths', got keys {sorted(element)}"

@@ -14,9 +14,11 @@ from .._checks import describe, positive_int
 from . import checkpoint
 from .buffers import BufferPool
 from .concat_stream import ConcatRowsIterator
+from .rolling_stream import RollingRowsIterator
 from .pieces import (
     CONCAT,
     LONG_DOCUMENTS,
+    ROLLING,
     SHIFTS,
     STREAM_ALGORITHMS,
     Pieces,
@@ -103,7 +105,9 @@ class LLMPackIterDataset(grain.IterDataset):
       algorithm: ``"first_fit"`` or ``"best_fit"`` (grain's windows, above);
         ``"concat_then_split"`` (the documents back to back, cut every ``seq_len`` cells:
         grain's ``ConcatThenSplitIterDataset``; ``num_packing_bins`` rows are laid out at
-        once; see :mod:`xbatch.packing.concat_rows`).
+        once; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` (the bins
+        stay open and rows leave as their bins close, not with ``shuffle_bins``; see
+        :mod:`xbatch.packing.rolling`). Neither takes loss masks yet.
       long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
         into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
@@ -157,15 +161,19 @@ class LLMPackIterDataset(grain.IterDataset):
                 else positive_int("max_documents_per_row", max_documents_per_row)
             ),
         )
-        if self._options.algorithm == CONCAT and (not train_on_eod or max_documents_per_row is not None):
+        if self._options.algorithm in (CONCAT, ROLLING) and (not train_on_eod or max_documents_per_row is not None):
             raise ValueError(
-                "algorithm='concat_then_split' does not take train_on_eod=False or max_documents_per_row yet; "
+                f"algorithm={algorithm!r} does not take train_on_eod=False or max_documents_per_row yet; "
                 "use 'first_fit' or 'best_fit'"
             )
+        if algorithm == ROLLING and shuffle_bins:
+            raise ValueError("shuffle_bins: rolling_best_fit emits rows as bins close; shuffle downstream instead")
 
     def __iter__(self) -> grain.DatasetIterator:
         if self._options.algorithm == CONCAT:
             return ConcatRowsIterator(self._parent.__iter__(), self._options)
+        if self._options.algorithm == ROLLING:
+            return RollingRowsIterator(self._parent.__iter__(), self._options)
         return _LLMPackDatasetIterator(self._parent.__iter__(), self._options)
 
     def __str__(self) -> str:

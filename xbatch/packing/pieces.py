@@ -35,10 +35,10 @@ from .._checks import describe, exact_sum
 LONG_DOCUMENTS = ("split", "truncate", "error")
 # Whole-corpus placement, longest piece first, with the online rule it then applies.
 DECREASING = {"first_fit_decreasing": "first_fit", "best_fit_decreasing": "best_fit"}
-# Beyond grain's window rule: whole documents cut at row borders (and, soon, open bins).
+# Beyond grain's window rule: whole documents cut at row borders, and open bins.
 CONCAT = "concat_then_split"
 ROLLING = "rolling_best_fit"
-STREAM_ALGORITHMS = (*kernels.ALGORITHMS, CONCAT)
+STREAM_ALGORITHMS = (*kernels.ALGORITHMS, CONCAT, ROLLING)
 BULK_ALGORITHMS = (*STREAM_ALGORITHMS, *DECREASING)
 SHIFTS = ("inputs", "targets")
 _INT32 = np.iinfo(np.int32)
@@ -71,6 +71,16 @@ class Pieces:
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
+
+
+def refuse_loss_masks(element: Any, algorithm: str) -> None:
+    """A clear error for a parent element with a loss mask, for packers without them."""
+    keys = sorted({"loss_mask", "prompt_length", "prompt_lengths"} & set(element))
+    if keys:
+        raise ValueError(
+            f"parent element: algorithm={algorithm!r} does not take loss masks or prompt lengths yet, got keys "
+            f"{keys}; use 'first_fit' or 'best_fit'"
+        )
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
