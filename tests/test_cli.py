@@ -289,16 +289,47 @@ def test_pack_writes_the_table_to_the_given_stream():
     assert "doc borders" in out.getvalue()
 
 
-def test_bench_quick_prints_ratios(monkeypatch, capsys):
+def test_bench_quick_prints_ratios_and_spreads(monkeypatch, capsys):
     # Smaller than --quick's corpus keeps the test fast; the code path is the same.
     monkeypatch.setattr(cli_bench, "bench_corpora", lambda _: {"tiny": synthetic_corpus(300)})
-    status, out, err = run(["bench", "--quick"], capsys)
+    status, out, err = run(["bench", "--quick", "--min-time", "0"], capsys)
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[1].split() == ["case", "grain", "docs/s", "xbatch", "docs/s", "speed-up"]
+    assert "median of >= 3 runs and >= 0.2 s per pipeline" in lines[0]
+    assert lines[1].split() == ["case", "grain", "docs/s", "spread", "xbatch", "docs/s", "spread", "speed-up"]
     assert len(lines) == 2 + 4
     for line in lines[2:]:
-        assert line.endswith("x") and float(line.split()[-1][:-1]) > 0
+        *_, grain_spread, _, xbatch_spread, speedup = line.split()
+        assert speedup.endswith("x") and float(speedup[:-1]) > 0
+        assert grain_spread.endswith("%") and xbatch_spread.endswith("%")
+
+
+def test_bench_prints_each_case_as_it_is_measured(monkeypatch):
+    monkeypatch.setattr(cli_bench, "bench_corpora", lambda _: {"tiny": synthetic_corpus(100)})
+    seen = []
+
+    class Out(io.StringIO):
+        def write(self, text):
+            seen.append(text)
+            return super().write(text)
+
+    real = cli_bench.compare_with_grain
+
+    def spy(*args, on_result, **kwargs):  # each result must be out before the next case starts
+        def check(result):
+            on_result(result)
+            assert result.case in "".join(seen)
+        return real(*args, on_result=check, **kwargs)
+
+    monkeypatch.setattr(cli_bench, "compare_with_grain", spy)
+    assert cli.main(["bench", "--repeats", "1", "--min-time", "0"], out=Out()) == 0
+
+
+def test_min_time_repeats_until_it_is_reached():
+    from xbatch.compare import run_seconds
+
+    times = run_seconds(lambda: None, 2, min_seconds=0.01)
+    assert len(times) >= 2 and sum(times) >= 0.01
 
 
 def test_readme_example_runs_and_yields_an_llm_batch():

@@ -34,29 +34,43 @@ class Comparison:
     """One benchmark case: packer self times in seconds for the same documents.
 
     Self time is the pipeline's time minus the time of iterating its parent alone, so
-    that both sides are charged for packing only.
+    that both sides are charged for packing only. The spreads are each side's timed runs'
+    (slowest - fastest) / median: how far one run may be from the figure.
     """
 
     case: str
     documents: int
     grain_seconds: float
     xbatch_seconds: float
+    grain_spread: float = 0.0
+    xbatch_spread: float = 0.0
 
     @property
     def speedup(self) -> float:
         return self.grain_seconds / self.xbatch_seconds
 
 
-def median_seconds(run: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one untimed run, which pays for first
-    calls and first-touched memory that a long-running pipeline pays once."""
+def run_seconds(run: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """Wall times of at least ``repeats`` runs, and of more until they add up to
+    ``min_seconds``, after one untimed run, which pays for first calls and first-touched
+    memory that a long-running pipeline pays once."""
     run()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_seconds:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> float:
+    """Median of :func:`run_seconds`."""
+    return statistics.median(run_seconds(run, repeats, min_seconds))
+
+
+def spread(times: Sequence[float]) -> float:
+    """(slowest - fastest) / median of ``times``."""
+    return (max(times) - min(times)) / statistics.median(times)
 
 
 def _drain(dataset) -> None:
@@ -92,9 +106,14 @@ def _grain_llm_row(eod: int) -> Callable[[dict], dict]:
     return to_llm_row
 
 
-def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 64,
-                       repeats: int = 3) -> list[Comparison]:
+def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 64, repeats: int = 3,
+                       min_seconds: float = 0.0,
+                       on_result: Callable[[Comparison], Any] | None = None) -> list[Comparison]:
     """Times xbatch's packers (on the active backend) against grain's on ``corpus``.
+
+    Every pipeline runs at least ``repeats`` times and until its runs add up to
+    ``min_seconds``; each figure is a median. ``on_result`` gets each case as soon as it
+    is measured (for progress).
 
     Cases: the drop-in ``FirstFitPackIterDataset`` on ``inputs`` + ``targets`` (documents
     truncated to a row, as grain requires); and the LLM layout from documents one per
@@ -112,24 +131,31 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
     def source(items: Sequence[Any]):
         return grain.MapDataset.source(items).to_iter_dataset(options)
 
-    def self_seconds(pipeline: Callable[[], Any], items: Sequence[Any]) -> float:
-        parent = median_seconds(lambda: _drain(source(items)), repeats)
-        return max(median_seconds(pipeline, repeats) - parent, 1e-9)
+    def self_seconds(pipeline: Callable[[], Any], items: Sequence[Any]) -> tuple[float, float]:
+        """(median self time, spread of the pipeline's runs)."""
+        parent = median_seconds(lambda: _drain(source(items)), repeats, min_seconds)
+        times = run_seconds(pipeline, repeats, min_seconds)
+        return max(statistics.median(times) - parent, 1e-9), spread(times)
+
+    results: list[Comparison] = []
+
+    def record(case: str, grain_timing: tuple[float, float], xbatch_timing: tuple[float, float]) -> None:
+        result = Comparison(case, n, grain_timing[0], xbatch_timing[0], grain_timing[1], xbatch_timing[1])
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
 
     documents = np.split(corpus.tokens, np.cumsum(corpus.lengths)[:-1])
     n = corpus.num_documents
     pairs = [{"inputs": d[:seq_len], "targets": d[:seq_len]} for d in documents]
     length_struct = {"inputs": seq_len, "targets": seq_len}
-    results = [
-        Comparison(
-            "drop-in FirstFitPackIterDataset, 2 features",
-            n,
-            self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
-                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
-            self_seconds(lambda: _drain(FirstFitPackIterDataset(
-                source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
-        )
-    ]
+    record(
+        "drop-in FirstFitPackIterDataset, 2 features",
+        self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
+            source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
+        self_seconds(lambda: _drain(FirstFitPackIterDataset(
+            source(pairs), length_struct=length_struct, num_packing_bins=num_bins)), pairs),
+    )
     pieces = [{"targets": piece} for piece in _eod_pieces(corpus, seq_len, eod)]
     grain_llm = self_seconds(lambda: _drain(grain.experimental.FirstFitPackIterDataset(
         source(pieces), length_struct={"targets": seq_len}, num_packing_bins=num_bins, shuffle_bins=False,
@@ -140,33 +166,31 @@ def compare_with_grain(corpus: Corpus, *, seq_len: int = 2048, num_bins: int = 6
         {"tokens": corpus.tokens[offsets[i]:offsets[min(i + 1000, n)]], "lengths": corpus.lengths[i:i + 1000]}
         for i in range(0, n, 1000)
     ]
-    results += [
-        Comparison(
-            "LLM rows, one document per element", n, grain_llm,
-            self_seconds(lambda: _drain(LLMPackIterDataset(source(documents), **llm_options)), documents),
-        ),
-        Comparison(
-            "LLM rows, ragged chunks of 1,000 documents", n, grain_llm,
-            self_seconds(lambda: _drain(LLMPackIterDataset(source(chunks), **llm_options)), chunks),
-        ),
-        Comparison(
-            "LLM rows, bulk pack_documents", n, grain_llm,
-            median_seconds(lambda: pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats),
-        ),
-    ]
+    record("LLM rows, one document per element", grain_llm,
+           self_seconds(lambda: _drain(LLMPackIterDataset(source(documents), **llm_options)), documents))
+    record("LLM rows, ragged chunks of 1,000 documents", grain_llm,
+           self_seconds(lambda: _drain(LLMPackIterDataset(source(chunks), **llm_options)), chunks))
+    bulk = run_seconds(lambda: pack_documents(corpus.tokens, corpus.lengths, **llm_options), repeats, min_seconds)
+    record("LLM rows, bulk pack_documents", grain_llm, (statistics.median(bulk), spread(bulk)))
     return results
 
 
+COLUMNS = f"{'grain docs/s':>13}  {'spread':>6}  {'xbatch docs/s':>13}  {'spread':>6}  {'speed-up':>8}"
+
+
+def format_comparison(result: Comparison, width: int) -> str:
+    """One line of :func:`format_comparisons`."""
+    return (
+        f"{result.case:<{width}}  {result.documents / result.grain_seconds:>13,.0f}  "
+        f"{result.grain_spread:>6.0%}  {result.documents / result.xbatch_seconds:>13,.0f}  "
+        f"{result.xbatch_spread:>6.0%}  {result.speedup:>7.1f}x"
+    )
+
+
 def format_comparisons(results: Sequence[Comparison]) -> str:
-    """A table of documents/s for grain and xbatch and the speed-up, one case per line."""
+    """A table of documents/s for grain and xbatch, their spreads and the speed-up."""
     width = max(len(result.case) for result in results)
-    lines = [f"{'case':<{width}}  {'grain docs/s':>13}  {'xbatch docs/s':>13}  {'speed-up':>8}"]
-    for result in results:
-        lines.append(
-            f"{result.case:<{width}}  {result.documents / result.grain_seconds:>13,.0f}  "
-            f"{result.documents / result.xbatch_seconds:>13,.0f}  {result.speedup:>7.1f}x"
-        )
-    return "\n".join(lines)
+    return "\n".join([f"{'case':<{width}}  {COLUMNS}", *(format_comparison(r, width) for r in results)])
 
 
 def bench_corpora(num_documents: int) -> dict[str, Corpus]:
