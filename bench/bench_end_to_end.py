@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,21 +104,25 @@ def xbatch_chain(corpus, **kwargs) -> grain.IterDataset:
                        seed=SEED, num_epochs=1, **kwargs)
 
 
-def tokens_per_second(make, max_tokens: float, repeats: int) -> tuple[float, int]:
-    """(median tokens/s, tokens per run) of iterating ``make()`` until ``max_tokens``."""
-    counted = []
+def tokens_per_second(make, max_tokens: float, repeats: int) -> tuple[float, float]:
+    """(median tokens per wall second, median tokens per CPU second of this process, all
+    its threads) of iterating ``make()`` until ``max_tokens``. On a shared machine the CPU
+    figure is the one-core speed; the wall figure includes waiting for a core."""
+    counted, cpu = [], []
 
     def run():
         total = 0
+        start = time.process_time()
         for batch in make():
             segmentation = batch["targets_segmentation"] if isinstance(batch, dict) else batch.targets_segmentation
             total += int(np.count_nonzero(segmentation))
             if total >= max_tokens:
                 break
+        cpu.append(time.process_time() - start)
         counted.append(total)
 
     seconds = median_seconds(run, repeats)
-    return counted[-1] / seconds, counted[-1]
+    return counted[-1] / seconds, counted[-1] / statistics.median(cpu[1:])
 
 
 def open_figures(folder: Path, num_documents: int) -> dict:
@@ -125,11 +130,11 @@ def open_figures(folder: Path, num_documents: int) -> dict:
     opens it in a fresh process: seconds to open, resident memory after opening and after
     reading one shuffled chunk of 4,096 documents."""
     path = folder / "huge.xbatch"
-    lengths = np.random.default_rng(0).integers(1, 4, size=num_documents)
+    lengths = np.random.default_rng(0).integers(1, 4, size=num_documents, dtype=np.int8)
     offsets = np.lib.format.open_memmap(folder / "offsets.tmp.npy", mode="w+", dtype=np.int64,
                                         shape=(num_documents + 1,))
     offsets[0] = 0
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum(lengths, out=offsets[1:], dtype=np.int64)
     num_tokens = int(offsets[-1])
     del lengths
     path.mkdir()
@@ -167,8 +172,15 @@ def worker_figures(path: Path, workers: int, repeats: int) -> dict:
     """mp_prefetch: tokens/s, and rows == the workers' slices packed in one process."""
     from xbatch.packing import LLMPackIterDataset
 
-    rate, _ = tokens_per_second(lambda: xbatch_chain(open_corpus(path), worker_count=workers,
-                                                     drop_remainder=False), float("inf"), repeats)
+    rates = []
+    for _ in range(repeats):  # steady state: from the first batch on (workers started)
+        iterator = iter(xbatch_chain(open_corpus(path), worker_count=workers, drop_remainder=False))
+        next(iterator)
+        start, total = time.perf_counter(), 0
+        for batch in iterator:
+            total += int(np.count_nonzero(batch.targets_segmentation))
+        rates.append(total / (time.perf_counter() - start))
+    rate = statistics.median(rates)
 
     def rows_of(batches):
         return sorted(row.tobytes() for batch in batches for row in np.asarray(batch.targets))
@@ -184,8 +196,7 @@ def worker_figures(path: Path, workers: int, repeats: int) -> dict:
     single_tokens = np.bincount(np.concatenate([np.asarray(b.targets)[np.asarray(b.targets_segmentation) > 0]
                                                 for b in single]))
     multi_tokens = np.bincount(np.concatenate([np.frombuffer(r, np.int32) for r in multi]))
-    multi_tokens[0] -= single_tokens[0] if False else 0
-    return {"workers": workers, "tokens_per_second": rate, "rows": len(multi),
+    return {"workers": workers, "tokens_per_second": rate, "rows": len(multi), "load": os.getloadavg()[0],
             "rows_equal_sliced_single_process": multi == sorted(sliced),
             "documents_once": bool(np.array_equal(multi_tokens[2:], single_tokens[2:])
                                    and multi_tokens[EOD] == single_tokens[EOD])}
@@ -201,38 +212,48 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
+    from absl import flags  # grain's worker processes read absl flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="xbatch-e2e-"))
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"xbatch {xbatch.__version__} ({xbatch.BACKEND}), grain {getattr(grain, '__version__', '?')}; "
           f"{SEQ_LEN}-token rows, {NUM_BINS} bins, batches of {BATCH}, shuffled; median of {args.repeats}")
     try:
         for mean in args.means:
             tokens, lengths = synthetic(mean, int(args.tokens))
-            paths = write_files(folder / f"mean{mean}", tokens, lengths) if (folder / f"mean{mean}").mkdir(
-                exist_ok=True) is None else None
+            (folder / f"mean{mean}").mkdir(exist_ok=True)
+            paths = write_files(folder / f"mean{mean}", tokens, lengths)
             print(f"\nmean {mean} tokens: {len(lengths):,} documents, {tokens.size:,} tokens")
             results = {}
+            print(f"  {'pipeline':34s} {'M tokens/s wall':>16s} {'M tokens/CPU-s':>15s}")
             for kind in ("array_record", "parquet"):
-                rate, _ = tokens_per_second(lambda: grain_chain(paths[kind], kind), args.grain_tokens, args.repeats)
-                results[f"grain {kind}"] = rate
+                results[f"grain {kind}"] = tokens_per_second(lambda: grain_chain(paths[kind], kind),
+                                                             args.grain_tokens, args.repeats)
+                note = "   (file order: no global shuffle)" if kind == "parquet" else ""
+                wall, cpu = results[f"grain {kind}"]
+                print(f"  {'grain chain from ' + kind:34s} {wall / 1e6:16.2f} {cpu / 1e6:15.2f}{note}")
             for kind in ("xbatch", "array_record", "parquet"):
                 start = time.perf_counter()
                 corpus = open_corpus(paths[kind])
                 opened = time.perf_counter() - start
-                rate, _ = tokens_per_second(lambda: xbatch_chain(corpus), float("inf"), args.repeats)
-                results[f"xbatch {kind}"] = rate
-                print(f"  xbatch from {kind:13s} {rate / 1e6:8.1f} M tokens/s   (open: {opened:.2f} s)")
-            for kind in ("array_record", "parquet"):
-                print(f"  grain chain, {kind:12s} {results[f'grain {kind}'] / 1e6:8.2f} M tokens/s"
-                      + ("   (file order: no global shuffle)" if kind == "parquet" else ""))
+                results[f"xbatch {kind}"] = tokens_per_second(lambda: xbatch_chain(corpus), float("inf"), args.repeats)
+                wall, cpu = results[f"xbatch {kind}"]
+                print(f"  {'xbatch from ' + kind:34s} {wall / 1e6:16.1f} {cpu / 1e6:15.1f}   (open: {opened:.2f} s)")
             base = results["grain array_record"]
             for kind in ("xbatch", "array_record"):
-                print(f"  xbatch from {kind} / grain chain from ArrayRecord: {results[f'xbatch {kind}'] / base:6.1f}x")
-            print(f"  xbatch from parquet / grain ParquetIterDataset chain: "
-                  f"{results['xbatch parquet'] / results['grain parquet']:6.1f}x")
+                ours = results[f"xbatch {kind}"]
+                print(f"  xbatch from {kind} / grain chain from array_record: {ours[0] / base[0]:6.1f}x wall, "
+                      f"{ours[1] / base[1]:6.1f}x CPU")
+            ours, theirs = results["xbatch parquet"], results["grain parquet"]
+            print(f"  xbatch from parquet / grain ParquetIterDataset chain: {ours[0] / theirs[0]:6.1f}x wall, "
+                  f"{ours[1] / theirs[1]:6.1f}x CPU")
             if args.workers and mean == args.means[-1]:
                 figures = worker_figures(paths["xbatch"], args.workers, args.repeats)
-                print(f"  mp_prefetch, {args.workers} workers: {figures['tokens_per_second'] / 1e6:.1f} M tokens/s; "
+                print(f"  mp_prefetch, {args.workers} workers: {figures['tokens_per_second'] / 1e6:.1f} M tokens/s wall "
+                      f"after the first batch (load {figures['load']:.1f}); "
                       f"{figures['rows']} rows; rows == the workers' slices packed in one process: "
                       f"{figures['rows_equal_sliced_single_process']}; every document once (token multiset == "
                       f"single process): {figures['documents_once']}")

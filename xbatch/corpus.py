@@ -293,7 +293,13 @@ def _check_file(path: Path) -> None:
 
 def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
                 progress: Callable[..., Any]) -> Corpus:
-    """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet."""
+    """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet;
+    xbatch corpus directories, Arrow, Megatron .bin/.idx and ArrayRecord files through
+    :func:`xbatch.sources.open_corpus` (memory-mapped where the format allows)."""
+    from .sources.open import is_source_path
+
+    if is_source_path(path):
+        return read_source_corpus(path, field)
     _check_file(path)
     name = path.name.lower()
     if lengths_path is not None and not name.endswith(NPY_SUFFIXES):
@@ -310,3 +316,16 @@ def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
         return read_parquet(path, field, progress)
     suffixes = NPZ_SUFFIXES + NPY_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
     raise CorpusError(f"{path}: unknown corpus format; expected a file ending in one of {suffixes}")
+
+
+def read_source_corpus(path: Path, field: str | None) -> Corpus:
+    """A corpus of any :func:`xbatch.sources.open_corpus` format, as tokens + lengths."""
+    from .sources import CorpusError as SourceError
+    from .sources import open_corpus
+    from .sources.open import tokens_and_lengths
+
+    try:
+        tokens, lengths = tokens_and_lengths(open_corpus(path, field=field))
+    except SourceError as exc:
+        raise CorpusError(str(exc)) from None
+    return Corpus(tokens, lengths, str(path))

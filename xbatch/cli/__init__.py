@@ -6,6 +6,9 @@
 ``xbatch pack [CORPUS]`` (:mod:`.pack`)
     Packs a tokenized corpus into rows of the :class:`xbatch.batch.LLMBatch` layout and
     prints a summary; without ``CORPUS`` it packs a built-in synthetic corpus.
+``xbatch convert INPUT OUTPUT`` (:mod:`.convert`)
+    Writes a tokenized corpus of any readable format in xbatch's own memory-mapped
+    format (:mod:`xbatch.sources`).
 ``xbatch bench`` (:mod:`.bench`)
     xbatch's packers against grain's ``FirstFitPackIterDataset`` on the built-in corpus,
     printed as a table of ratios.
@@ -24,7 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__, _backend
-from . import bench, info, pack
+from . import bench, convert, info, pack
 from .common import CommandError, Parser
 from .info import describe_installation
 from .pack import ROW_FIELDS, PackOptions, pack_corpus, render_row
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 # The command modules, in the order ``xbatch --help`` lists them.
-COMMANDS = (info, pack, bench)
+COMMANDS = (info, pack, convert, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,6 +134,9 @@ class _DocumentChunkIterator(grain.DatasetIterator):
         self._seed = dataset._seed
         self._stream = dataset._stream()
         self._position = 0
+        if self._shuffle:
+            for shard in self._corpus.shards:
+                shard.advise_random()
 
     def __next__(self) -> dict[str, np.ndarray]:
         stream = self._stream

@@ -117,3 +117,30 @@ def open_corpus(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     reopen = functools.partial(open_corpus, [str(path) for path in path_list], format=format, field=field)
     name = str(path_list[0]) if len(path_list) == 1 else f"{path_list[0]} (+{len(path_list) - 1} files)"
     return Corpus(shards, name=name, reopen=reopen)
+
+
+SOURCE_SUFFIXES = ARROW_SUFFIXES + MEGATRON_SUFFIXES + ARRAY_RECORD_SUFFIXES
+
+
+def is_source_path(path: Path) -> bool:
+    """Whether ``xbatch pack`` should read ``path`` through :func:`open_corpus`: an xbatch
+    corpus directory, an Arrow, Megatron (file or prefix) or ArrayRecord file."""
+    from .format_xbatch import is_xbatch_corpus
+
+    name = path.name.lower()
+    return (is_xbatch_corpus(path) or name.endswith(SOURCE_SUFFIXES) or ".array_record-" in name
+            or (not path.exists() and path.with_name(path.name + ".idx").is_file()))
+
+
+def tokens_and_lengths(corpus: Corpus):
+    """(tokens, int64 lengths) of every document in corpus order, for bulk consumers such
+    as ``xbatch pack``. A single contiguous int32 shard stays memory-mapped (a corpus
+    larger than RAM packs); anything else is gathered into memory as int32."""
+    import numpy as np
+
+    if len(corpus.shards) == 1 and corpus.shards[0].offsets is not None:
+        shard = corpus.shards[0]
+        offsets = shard.offsets
+        if shard.tokens.dtype == np.int32:
+            return shard.tokens[int(offsets[0]):int(offsets[-1])], np.diff(offsets)
+    return corpus.gather(np.arange(len(corpus)))
