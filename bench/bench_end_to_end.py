@@ -126,43 +126,38 @@ def tokens_per_second(make, max_tokens: float, repeats: int) -> tuple[float, flo
 
 
 def open_figures(folder: Path, num_documents: int) -> dict:
-    """Writes an ``num_documents``-document xbatch corpus (1-3 uint16 tokens each), then
-    opens it in a fresh process: seconds to open, resident memory after opening and after
-    reading one shuffled chunk of 4,096 documents."""
+    """Writes an ``num_documents``-document xbatch corpus (1-3 uint16 tokens each, with
+    :class:`XbatchCorpusWriter`, as ``xbatch convert`` does), then opens it in a fresh
+    process: seconds to open; the process' private (anonymous) and file-backed resident
+    memory after opening and after reading one shuffled chunk of 4,096 documents."""
+    from xbatch.sources import XbatchCorpusWriter
+
     path = folder / "huge.xbatch"
-    lengths = np.random.default_rng(0).integers(1, 4, size=num_documents, dtype=np.int8)
-    offsets = np.lib.format.open_memmap(folder / "offsets.tmp.npy", mode="w+", dtype=np.int64,
-                                        shape=(num_documents + 1,))
-    offsets[0] = 0
-    np.cumsum(lengths, out=offsets[1:], dtype=np.int64)
-    num_tokens = int(offsets[-1])
-    del lengths
-    path.mkdir()
-    tokens = np.lib.format.open_memmap(path / "tokens.npy", mode="w+", dtype=np.uint16, shape=(num_tokens,))
-    tokens[:] = 7
-    tokens.flush()
-    offsets.flush()
-    del tokens, offsets
-    os.rename(folder / "offsets.tmp.npy", path / "offsets.npy")
+    rng = np.random.default_rng(0)
+    with XbatchCorpusWriter(path, dtype=np.uint16) as writer:
+        for low in range(0, num_documents, 10_000_000):
+            lengths = rng.integers(1, 4, size=min(10_000_000, num_documents - low))
+            writer.add(np.full(int(lengths.sum()), 7, np.uint16), lengths)
     probe = f"""
 import time, json, numpy as np
 def rss():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmRSS'):
-            return int(line.split()[1]) * 1024
+    fields = dict(line.split(':', 1) for line in open('/proc/self/status'))
+    return {{key: int(fields[key].split()[0]) * 1024 for key in ('VmRSS', 'RssAnon', 'RssFile')}}
+def grown(now, before):
+    return {{key: now[key] - before[key] for key in now}}
 from xbatch.sources import open_corpus, DocumentChunkIterDataset
 import grain  # imported before the first figure: its memory is not the corpus'
 before = rss()
 start = time.perf_counter()
 corpus = open_corpus({str(path)!r})
 seconds = time.perf_counter() - start
-opened = rss()
+opened = grown(rss(), before)
 start = time.perf_counter()
 chunk = next(iter(DocumentChunkIterDataset(corpus, seed=1)))
 first = time.perf_counter() - start
-print(json.dumps(dict(documents=len(corpus), open_seconds=seconds, rss_open=opened - before,
-                      rss_first_chunk=rss() - before, first_chunk_seconds=first,
-                      offsets_bytes=corpus.offsets.nbytes)))
+print(json.dumps(dict(documents=len(corpus), open_seconds=seconds, rss_open=opened,
+                      rss_first_chunk=grown(rss(), before), first_chunk_seconds=first,
+                      offsets_bytes=corpus.offsets.nbytes, tokens_bytes=corpus.tokens.nbytes)))
 """
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
@@ -259,10 +254,13 @@ def main(argv=None) -> None:
                       f"single process): {figures['documents_once']}")
         if args.open_documents:
             figures = open_figures(folder, args.open_documents)
+            mib = {key: {k: v / 2**20 for k, v in figures[key].items()} for key in ("rss_open", "rss_first_chunk")}
             print(f"\nopening a {figures['documents']:,}-document xbatch corpus: {figures['open_seconds']:.3f} s, "
-                  f"resident +{figures['rss_open'] / 2**20:.1f} MiB; first shuffled chunk "
-                  f"{figures['first_chunk_seconds'] * 1e3:.1f} ms, resident then +{figures['rss_first_chunk'] / 2**20:.1f}"
-                  f" MiB (offsets file: {figures['offsets_bytes'] / 2**20:.0f} MiB)")
+                  f"resident +{mib['rss_open']['VmRSS']:.1f} MiB; first shuffled chunk "
+                  f"{figures['first_chunk_seconds'] * 1e3:.1f} ms, then resident +{mib['rss_first_chunk']['VmRSS']:.1f}"
+                  f" MiB: private +{mib['rss_first_chunk']['RssAnon']:.1f} MiB, mapped file pages "
+                  f"+{mib['rss_first_chunk']['RssFile']:.1f} MiB (files: offsets {figures['offsets_bytes'] / 2**20:.0f}"
+                  f" MiB, tokens {figures['tokens_bytes'] / 2**20:.0f} MiB)")
     finally:
         if not args.dir:
             shutil.rmtree(folder, ignore_errors=True)
