@@ -197,6 +197,31 @@ def worker_figures(path: Path, workers: int, repeats: int) -> dict:
                                    and multi_tokens[EOD] == single_tokens[EOD])}
 
 
+class EndToEnd:
+    """asv: ``llm_batches`` from an xbatch corpus file (2 M tokens), shuffled, to batches."""
+
+    params = [[90, 600]]
+    param_names = ["mean_tokens"]
+
+    def setup(self, mean_tokens):
+        self.folder = Path(tempfile.mkdtemp(prefix="xbatch-asv-"))
+        tokens, lengths = synthetic(mean_tokens, 2_000_000)
+        self.path = write_xbatch_corpus(self.folder / "c.xbatch", tokens, lengths=lengths)
+
+    def teardown(self, mean_tokens):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _drain(self):
+        for _ in xbatch_chain(open_corpus(self.path)):
+            pass
+
+    def time_llm_batches(self, mean_tokens):
+        self._drain()
+
+    def peakmem_llm_batches(self, mean_tokens):
+        self._drain()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=float, default=20e6, help="tokens per corpus file")
