@@ -226,7 +226,7 @@ def _join_items(items: Sequence[Any], lengths: np.ndarray, out_values: np.ndarra
             dtype=out_values.dtype,
             casting="unsafe",
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond int64
         raise ValueError(
             f"values: every item must fit its cells {shapes[:3]}...: {exc}"
         ) from exc
