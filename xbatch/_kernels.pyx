@@ -322,9 +322,15 @@ cdef class BinPacker:
         cdef bint ok
         self._enter()
         try:
-            # Fast path: a tuple of F Python ints within capacity (what the packers pass).
-            ok = type(lengths) is tuple and len(lengths) == self.num_features
-            if ok:
+            ok = False
+            # Fast paths: an int for one feature, or a tuple of F Python ints (what the
+            # packers pass), within capacity.
+            if type(lengths) is int and self.num_features == 1:
+                value = PyLong_AsLongLongAndOverflow(lengths, &overflow)
+                ok = not overflow and 0 <= value <= self._capacities[0]
+                self._item[0] = value
+            elif type(lengths) is tuple and len(lengths) == self.num_features:
+                ok = True
                 for f in range(self.num_features):
                     element = (<tuple>lengths)[f]
                     if type(element) is not int:
@@ -575,13 +581,13 @@ def scatter_item_rows(
     ``out_values``' dtype in native byte order and of its length; the loop holds the GIL
     because it reads the list, but touches no Python object beyond that.
 
-    Returns -1 on success, the index of the first item that does not fit its row, or
-    ``-2 - i`` when item ``i`` is not such an array (callers then join the items
-    themselves, casting as NumPy does). Nothing is written unless it returns -1.
+    Returns -1 on success, the index of the first item that does not fit its row
+    (nothing written then), or ``-2 - i`` when item ``i`` is not such an array (callers
+    then join the items themselves, casting as NumPy does, and rewrite the rows whole).
 
     Raises:
       ValueError: an item (before the first that is not such an array) shares memory
-        with ``out_values``.
+        with ``out_values``; the rows are then partly written.
     """
     cdef int64_t rows = out_values.shape[0], row_length = out_values.shape[1]
     cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
@@ -594,7 +600,12 @@ def scatter_item_rows(
     _check_alignment(alignment)
     if len(items) != n:
         raise ValueError(f"items: expected {n} arrays, one per item, got {len(items)}")
-    for i in range(n):  # every item checked before anything is written
+    failed = _first_overflow(lengths, bins, alignment, rows, row_length, INT64_MAX, cursor)
+    if failed >= 0:
+        return failed
+    for b in range(rows):
+        cursor[b] = 0
+    for i in range(n):
         obj = items[i]
         if not cnp.PyArray_CheckExact(obj):
             return -2 - i
@@ -610,19 +621,13 @@ def scatter_item_rows(
         data = <char*>cnp.PyArray_DATA(item)
         if lengths[i] > 0 and data < out_end and out_first < data + lengths[i] * sizeof(token_t):
             _checks.raise_overlap(f"values (item {i})", "out_values")
-    failed = _first_overflow(lengths, bins, alignment, rows, row_length, INT64_MAX, cursor)
-    if failed >= 0:
-        return failed
-    for b in range(rows):
-        cursor[b] = 0
-    for i in range(n):
         b = bins[i]
         start = cursor[b]
         if _outside(b, start, lengths[i], rows, row_length):
             _checks.raise_internal("scatter_item_rows")
         end = start + lengths[i]
         if lengths[i] > 0:
-            memcpy(&out_values[b, start], cnp.PyArray_DATA(<cnp.ndarray>items[i]), lengths[i] * sizeof(token_t))
+            memcpy(&out_values[b, start], data, lengths[i] * sizeof(token_t))
         cursor[b] = _next_start(end, alignment, row_length)
         _fill(&out_values[b, 0] + end, cursor[b] - end, padding)
     _pad_rest(out_values, cursor, padding)

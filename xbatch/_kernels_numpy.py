@@ -148,6 +148,8 @@ class BinPacker:
         """Places one item (F lengths: a tuple or list of ints, or an int when F is 1);
         returns its bin, or -1 if none fits. Checked by ``_checks.item_lengths``."""
         with self._in_use():
+            if type(lengths) is int:
+                lengths = (lengths,)
             if not (
                 type(lengths) is tuple
                 and all(type(n) is int for n in lengths)
