@@ -1107,3 +1107,245 @@ cdef object _to_numpy(vector[int64_t]& values):
     if values.size():
         memcpy(&view[0], values.data(), values.size() * sizeof(int64_t))
     return out
+# --- Concat-then-split: grain's ConcatThenSplitIterDataset's cutting, as a plan ------
+
+cdef struct _CtsRun:
+    # What every step of concat_then_split reads: the items and the rules.
+    const int64_t* lengths        # [n, F]
+    const unsigned char* scalar   # [n, F]
+    const int64_t* capacities     # [F]
+    const unsigned char* meta     # [F]
+    int64_t num_features
+
+
+cdef inline int64_t _cts_sliced_length(
+    const _CtsRun* run, int64_t e, int64_t f, const int64_t* sl
+) noexcept nogil:
+    """Cells of feature f of item e under slices sl (2 per feature), as grain counts them."""
+    cdef int64_t size = run.lengths[e * run.num_features + f], a, b
+    if run.scalar[e * run.num_features + f]:
+        return 1
+    if run.meta[f] or sl[2 * f] == -1:
+        return size
+    a = sl[2 * f] if sl[2 * f] < size else size
+    b = sl[2 * f + 1] if sl[2 * f + 1] < size else size
+    return b - a if b > a else 0
+
+
+cdef int _cts_add(
+    const _CtsRun* run,
+    int64_t e,
+    int64_t* sl,
+    int64_t* tokens,
+    int64_t* new,
+    int64_t* points,
+    vector[int64_t]& buffer_items,
+    vector[int64_t]& buffer_slices,
+) noexcept nogil:
+    """grain's _maybe_add_to_buffer. Returns 0 when the item went in whole, else 1 with
+    ``sl`` rewritten to the slices left over (unchanged when nothing of it fits)."""
+    cdef int64_t f, F = run.num_features, length, available, begin, end
+    cdef bint cut = False, any_point = False
+    for f in range(F):
+        length = _cts_sliced_length(run, e, f, sl)
+        available = run.capacities[f] - tokens[f]
+        if run.meta[f]:
+            if length > available:
+                return 1  # a meta feature must fit whole: the item waits
+            new[f] = length
+        elif length > available:
+            cut = True
+            points[f] = (0 if sl[2 * f] == -1 else sl[2 * f]) + available
+            new[f] = available
+        else:
+            points[f] = length
+            new[f] = length
+    for f in range(F):
+        tokens[f] += new[f]
+    if not cut:
+        buffer_items.push_back(e)
+        for f in range(2 * F):
+            buffer_slices.push_back(sl[f])
+        return 0
+    for f in range(F):
+        if not run.meta[f] and points[f] != 0:
+            any_point = True
+    if not any_point:
+        return 1  # cut at the very start: nothing of it goes into this row
+    buffer_items.push_back(e)
+    for f in range(F):
+        if run.meta[f]:
+            buffer_slices.push_back(sl[2 * f])
+            buffer_slices.push_back(sl[2 * f + 1])
+            continue
+        if sl[2 * f] == -1:
+            begin = 0
+            end = 1 if run.scalar[e * F + f] else run.lengths[e * F + f]
+        else:
+            begin = sl[2 * f]
+            end = sl[2 * f + 1]
+        buffer_slices.push_back(begin)
+        buffer_slices.push_back(points[f])
+        sl[2 * f] = points[f]
+        sl[2 * f + 1] = end
+    return 1
+
+
+cdef void _cts_emit(
+    const _CtsRun* run,
+    int64_t e,
+    const int64_t* sl,
+    int64_t row,
+    vector[int64_t]& items,
+    vector[int64_t]& rows_of,
+    vector[int64_t]& starts,
+    vector[int64_t]& cells,
+) noexcept nogil:
+    cdef int64_t f, F = run.num_features, size
+    items.push_back(e)
+    rows_of.push_back(row)
+    for f in range(F):
+        size = run.lengths[e * F + f]
+        if run.scalar[e * F + f] or run.meta[f] or sl[2 * f] == -1:
+            starts.push_back(0)
+        else:
+            starts.push_back(sl[2 * f] if sl[2 * f] < size else size)
+        cells.push_back(_cts_sliced_length(run, e, f, sl))
+
+
+def concat_then_split(
+    const int64_t[:, ::1] lengths,
+    const unsigned char[:, ::1] scalar,
+    const int64_t[::1] capacities,
+    const unsigned char[::1] meta,
+    int64_t split_full_length,
+    const int64_t[:, ::1] carry,
+    int64_t final,
+    int64_t max_rows,
+):
+    """Cuts a stream of items into rows exactly as grain's ``ConcatThenSplitIterDataset``;
+    see the NumPy twin for the rules, arguments and result."""
+    cdef int64_t n = lengths.shape[0], F = lengths.shape[1]
+    cdef int64_t f, e, j, k, rows = 0, fresh, consumed = 0, status = 0, remainder_item = -1
+    cdef bint stopped, broke, full, longer, carried_whole = True
+    cdef _CtsRun run
+    cdef vector[int64_t] sl = vector[int64_t](2 * F, -1), step_sl = vector[int64_t](2 * F, -1)
+    cdef vector[int64_t] empty = vector[int64_t](2 * F, -1)
+    cdef vector[int64_t] tokens = vector[int64_t](F, 0), new = vector[int64_t](F, 0)
+    cdef vector[int64_t] points = vector[int64_t](F, 0)
+    cdef vector[int64_t] buffer_items, buffer_slices, whole_rows
+    cdef vector[int64_t] items, rows_of, starts, cells
+    cdef int64_t step_item
+    if (
+        scalar.shape[0] != n or scalar.shape[1] != F or capacities.shape[0] != F
+        or meta.shape[0] != F or carry.shape[0] != F or carry.shape[1] != 2
+    ):
+        raise ValueError("concat_then_split: expected scalar [n, F], capacities [F], meta [F], carry [F, 2]")
+    if n == 0:
+        return (
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, F), np.int64),
+            np.zeros((0, F), np.int64), 0, 0, np.asarray(carry).copy(), 0,
+        )
+    run.lengths = &lengths[0, 0]
+    run.scalar = &scalar[0, 0]
+    run.capacities = &capacities[0] if F else NULL
+    run.meta = &meta[0] if F else NULL
+    run.num_features = F
+    with nogil:
+        for f in range(F):
+            sl[2 * f] = carry[f, 0]
+            sl[2 * f + 1] = carry[f, 1]
+            if carry[f, 0] != -1 or carry[f, 1] != -1:
+                carried_whole = False
+        remainder_item = -1 if carried_whole else 0
+        fresh = 0 if carried_whole else 1
+        while True:
+            if remainder_item >= 0:
+                step_item = remainder_item
+                step_sl = sl
+            else:
+                step_item = fresh
+                step_sl = empty
+            for f in range(F):
+                tokens[f] = 0
+            buffer_items.clear()
+            buffer_slices.clear()
+            whole_rows.clear()
+            stopped = False
+            broke = False
+            while True:
+                if remainder_item >= 0:
+                    if _cts_add(&run, remainder_item, sl.data(), tokens.data(), new.data(),
+                                points.data(), buffer_items, buffer_slices):
+                        broke = True
+                        break
+                    remainder_item = -1
+                if fresh == n:
+                    stopped = True
+                    break
+                e = fresh
+                fresh += 1
+                if not split_full_length:
+                    full = False
+                    longer = False
+                    for f in range(F):
+                        k = 1 if scalar[e, f] else lengths[e, f]
+                        if k > capacities[f]:
+                            longer = True
+                        elif k == capacities[f]:
+                            full = True
+                    if full and not longer:
+                        whole_rows.push_back(e)
+                        continue
+                sl = empty
+                if _cts_add(&run, e, sl.data(), tokens.data(), new.data(), points.data(),
+                            buffer_items, buffer_slices):
+                    remainder_item = e
+                    broke = True
+                    break
+            if stopped and not final:
+                consumed = step_item
+                sl = step_sl
+                break
+            if buffer_items.size():
+                for j in range(<int64_t>buffer_items.size()):
+                    _cts_emit(&run, buffer_items[j], buffer_slices.data() + 2 * F * j, rows,
+                              items, rows_of, starts, cells)
+                rows += 1
+            for j in range(<int64_t>whole_rows.size()):
+                _cts_emit(&run, whole_rows[j], empty.data(), rows, items, rows_of, starts, cells)
+                rows += 1
+            if stopped:
+                consumed = n
+                sl = empty
+                break
+            if broke and buffer_items.size() == 0 and whole_rows.size() == 0:
+                consumed = remainder_item
+                status = 1
+                break
+            if rows >= max_rows:
+                if remainder_item >= 0:
+                    consumed = remainder_item
+                else:
+                    consumed = fresh
+                    sl = empty
+                break
+    p = items.size()
+    out_items = np.empty(p, np.int64)
+    out_rows = np.empty(p, np.int64)
+    out_starts = np.empty((p, F), np.int64)
+    out_cells = np.empty((p, F), np.int64)
+    cdef int64_t[::1] oi = out_items, orow = out_rows
+    cdef int64_t[:, ::1] ost = out_starts, oce = out_cells
+    for j in range(<int64_t>p):
+        oi[j] = items[j]
+        orow[j] = rows_of[j]
+        for f in range(F):
+            ost[j, f] = starts[j * F + f]
+            oce[j, f] = cells[j * F + f]
+    next_carry = np.empty((F, 2), np.int64)
+    cdef int64_t[:, ::1] nc = next_carry
+    for f in range(F):
+        nc[f, 0] = sl[2 * f]
+        nc[f, 1] = sl[2 * f + 1]
+    return out_items, out_rows, out_starts, out_cells, rows, consumed, next_carry, status

@@ -591,3 +591,168 @@ class RollingPacker:
 
 
 _LARGEST = 2**63 - 1
+# --- Concat-then-split: grain's ConcatThenSplitIterDataset's cutting, as a plan ------
+
+EMPTY_SLICE = -1  # a (start, stop) of (-1, -1): the whole feature, never cut
+
+
+def concat_then_split(lengths, scalar, capacities, meta, split_full_length, carry, final, max_rows):
+    """Cuts a stream of items into rows exactly as grain's ``ConcatThenSplitIterDataset``.
+
+    The items' features are concatenated, one buffer row at a time, per feature up to
+    ``capacities[f]`` cells; the item that no longer fits is cut (every non-meta feature
+    at the same item) and its rest starts the next row. With ``split_full_length`` false
+    an item with a feature of exactly its capacity (none longer) is its own row, emitted
+    after the row being filled. grain's quirks are kept on purpose (bit-identical rows):
+    a feature of a cut item that did not need cutting gets grain's cut points (its slice
+    can come back whole in a later row), scalars are one cell in every piece, meta
+    features are whole in every piece, an item added to a full row costs a segment.
+
+    Args:
+      lengths: int64[n, F], cells of each item's feature (1 for a scalar).
+      scalar: uint8[n, F], the feature is a scalar (one cell in every piece).
+      capacities: int64[F], cells per row of each feature.
+      meta: uint8[F], meta features: never cut, must fit whole.
+      split_full_length: 0 or 1, grain's ``split_full_length_features``.
+      carry: int64[F, 2], the slices (start, stop) of item 0 left over from an earlier
+        call, (-1, -1) for "whole" (all (-1, -1): item 0 is fresh).
+      final: 1 when no item follows item ``n - 1`` (the stream ends: pack what is left).
+      max_rows: stop after the first step that brings the rows to at least this many
+        (grain's rule can cut one item into rows forever; this bounds one call).
+
+    Returns:
+      ``(item, row, start, length, rows, consumed, next_carry, status)``: pieces in
+      emission order (int64[p] item index and output row, int64[p, F] first cell in the
+      item's feature and cells written), the number of rows, the first item of the step
+      that could not be finished (``n`` when ``final``) with its slices ``next_carry``
+      (pass both to the next call), and ``status`` 0, or 1 when item ``consumed`` has a
+      meta feature longer than its row (grain raises there; ``rows`` come before it).
+    """
+    n, num_features = lengths.shape
+    caps = capacities.tolist()
+    is_meta = [bool(m) for m in meta.tolist()]
+    lens, scal = lengths.tolist(), scalar.tolist()
+    items, rows_of, starts, cells = [], [], [], []
+    rows = 0
+
+    def whole(e, f):
+        return (0, 1 if scal[e][f] else lens[e][f])
+
+    def sliced_length(e, f, sl):
+        if scal[e][f]:
+            return 1
+        if is_meta[f] or sl[f][0] == EMPTY_SLICE:
+            return lens[e][f]
+        size = lens[e][f]
+        return max(0, min(sl[f][1], size) - min(sl[f][0], size))
+
+    def add(e, sl, tokens, buffer):
+        """grain's _maybe_add_to_buffer: None (all added), or the slices left over."""
+        new, points, cut = [0] * num_features, [0] * num_features, False
+        for f in range(num_features):
+            length = sliced_length(e, f, sl)
+            available = caps[f] - tokens[f]
+            if is_meta[f]:
+                if length > available:
+                    return sl  # unchanged: a meta feature must fit whole
+                new[f] = length
+            elif length > available:
+                cut = True
+                points[f] = (0 if sl[f][0] == EMPTY_SLICE else sl[f][0]) + available
+                new[f] = available
+            else:
+                points[f] = new[f] = length
+        rest = None
+        if not cut:
+            buffer.append((e, sl))
+        elif any(points[f] for f in range(num_features) if not is_meta[f]):
+            left, rest = list(sl), list(sl)
+            for f in range(num_features):
+                if not is_meta[f]:
+                    begin, end = whole(e, f) if sl[f][0] == EMPTY_SLICE else sl[f]
+                    left[f], rest[f] = (begin, points[f]), (points[f], end)
+            buffer.append((e, left))
+        else:
+            rest = sl  # cut at the very start: nothing of it goes into this row
+        for f in range(num_features):
+            tokens[f] += new[f]
+        return rest
+
+    def emit(row_pieces):
+        nonlocal rows
+        for e, sl in row_pieces:
+            items.append(e)
+            rows_of.append(rows)
+            first, size = [], []
+            for f in range(num_features):
+                if scal[e][f]:
+                    first.append(0), size.append(1)
+                elif is_meta[f] or sl[f][0] == EMPTY_SLICE:
+                    first.append(0), size.append(lens[e][f])
+                else:
+                    first.append(min(sl[f][0], lens[e][f]))
+                    size.append(sliced_length(e, f, sl))
+            starts.append(first)
+            cells.append(size)
+        rows += 1
+
+    empty = [(EMPTY_SLICE, EMPTY_SLICE)] * num_features
+    carried = [tuple(pair) for pair in carry.tolist()]
+    remainder = (0, carried) if n and carried != empty else None
+    fresh = 1 if remainder is not None else 0  # next item to pull
+    consumed, next_carry, status = 0, carried, 0
+    while True:
+        step_start = remainder if remainder is not None else (fresh, empty)
+        tokens, buffer, whole_rows = [0] * num_features, [], []
+        stopped = broke = False
+        while True:
+            if remainder is not None:
+                rest = add(*remainder, tokens, buffer)
+                if rest is not None:
+                    remainder, broke = (remainder[0], rest), True
+                    break
+                remainder = None
+            if fresh == n:
+                stopped = True
+                break
+            e = fresh
+            fresh += 1
+            if not split_full_length:
+                full = [1 if scal[e][f] else lens[e][f] for f in range(num_features)]
+                if all(full[f] <= caps[f] for f in range(num_features)) and any(
+                    full[f] == caps[f] for f in range(num_features)
+                ):
+                    whole_rows.append(e)
+                    continue
+            rest = add(e, empty, tokens, buffer)
+            if rest is not None:
+                remainder, broke = (e, rest), True
+                break
+        if stopped and not final:
+            consumed, next_carry = step_start[0], list(step_start[1])
+            break
+        if buffer:
+            emit(buffer)
+        for e in whole_rows:
+            emit([(e, empty)])
+        if stopped:
+            consumed, next_carry = n, empty
+            break
+        if broke and not buffer and not whole_rows:
+            consumed, next_carry, status = remainder[0], list(remainder[1]), 1
+            break
+        if rows >= max_rows:
+            consumed, next_carry = remainder if remainder is not None else (fresh, empty)
+            next_carry = list(next_carry)
+            break
+    p = len(items)
+    return (
+        np.array(items, dtype=np.int64),
+        np.array(rows_of, dtype=np.int64),
+        np.array(starts, dtype=np.int64).reshape(p, num_features),
+        np.array(cells, dtype=np.int64).reshape(p, num_features),
+        rows,
+        consumed,
+        np.array(next_carry, dtype=np.int64).reshape(num_features, 2),
+        status,
+    )

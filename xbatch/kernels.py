@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,6 +34,8 @@ __all__ = [
     "ALGORITHMS",
     "BinPacker",
     "RollingPacker",
+    "ConcatSplitPlan",
+    "concat_then_split",
     "document_borders",
     "pack_rows",
     "scatter_rows",
@@ -593,3 +595,105 @@ class RollingPacker:
         """(int64[items] ids, int64[rows] items per row) of the rows emitted since the
         last call, in emission order, each row's items in placement order."""
         return self._impl.take_rows()
+# --- Concat-then-split: grain's ConcatThenSplitIterDataset's cutting, as a plan ------
+
+
+class ConcatSplitPlan(NamedTuple):
+    """Where the pieces of a stream of items go; see :func:`concat_then_split`.
+
+    Attributes:
+      item: int64[p], each piece's item (index into the call's ``lengths``).
+      row: int64[p], each piece's output row, non-decreasing; pieces lie in a row back to
+        back, in this order.
+      start: int64[p, F], each piece's first cell within its item's feature.
+      length: int64[p, F], cells the piece takes in its row, per feature.
+      rows: number of rows (each holds at least one piece).
+      consumed: items of the rows' steps; pass ``lengths[consumed:]`` (with the items
+        after them) and ``carry`` to the next call. ``n`` when ``final``.
+      carry: int64[F, 2], slices of item ``consumed`` left over ((-1, -1): whole).
+      status: 0, or 1 when item ``consumed`` has a meta feature longer than its row.
+    """
+
+    item: np.ndarray
+    row: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    rows: int
+    consumed: int
+    carry: np.ndarray
+    status: int
+
+
+def _flags(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if value is None:
+        return np.zeros(shape, dtype=np.uint8)
+    array = np.asarray(value)
+    if array.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {describe(value)}")
+    return np.ascontiguousarray(array, dtype=bool).view(np.uint8)
+
+
+def concat_then_split(
+    lengths: Any,
+    capacities: Any,
+    *,
+    meta: Any = None,
+    scalar: Any = None,
+    split_full_length: bool = True,
+    carry: Any = None,
+    final: bool = True,
+    max_rows: int | None = None,
+) -> ConcatSplitPlan:
+    """Cuts a stream of items into rows as grain's ``ConcatThenSplitIterDataset`` does.
+
+    One feature, ``split_full_length`` true: the items back to back, cut every
+    ``capacities`` cells, each row's pieces numbered from 1 (an item cut at a row end
+    goes on at cell 0 of the next row). Several features: rows fill until one feature
+    is full; the item that does not fit is cut in every non-meta feature at once. grain's
+    rules are kept bit for bit, its quirks included (see ``_kernels_numpy``).
+
+    Args:
+      lengths: int[n, F] (or int[n] for one feature), cells of each item's feature (>= 0).
+      capacities: int[F] (or an int), cells per row of each feature (>= 1).
+      meta: bool[F], features never cut: whole in every piece of their item.
+      scalar: bool[n, F], the value is a scalar: one cell in every piece.
+      split_full_length: False: an item with a feature of exactly its capacity (none
+        longer) is its own row, emitted after the row being filled.
+      carry: int[F, 2], item 0's slices left over from the previous call (the previous
+        plan's ``carry``); default: item 0 is whole.
+      final: no item follows: the last row is emitted partly filled. Otherwise the plan
+        stops before the first step that may need later items (see ``consumed``).
+      max_rows: stop once this many rows are planned (at the end of a step, so a few
+        more may come): grain's rules cut some items into rows without end.
+
+    Returns:
+      A :class:`ConcatSplitPlan`. Write rows with :func:`scatter_rows` and
+      :func:`pack_rows`, giving them ``row`` as ``bins`` and ``length[:, f]`` as
+      ``lengths`` (and ``items[item][start:start + length]`` as the values).
+    """
+    array = _int_array("lengths", lengths, np.ndim(lengths) if np.ndim(lengths) in (1, 2) else 2)
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.size and array.min() < 0:
+        raise ValueError(f"lengths: expected lengths >= 0, got minimum {array.min()}")
+    n, num_features = array.shape
+    caps = _int_array("capacities", np.atleast_1d(capacities), 1)
+    if caps.shape != (num_features,) or (caps.size and caps.min() < 1):
+        raise ValueError(
+            f"capacities: expected {num_features} integers >= 1 (one per feature), got {describe(capacities)}"
+        )
+    meta_flags = _flags("meta", meta, (num_features,))
+    scalar_flags = _flags("scalar", scalar, (n, num_features))
+    if carry is None:
+        carry_array = np.full((num_features, 2), -1, dtype=np.int64)
+    else:
+        carry_array = _int_array("carry", carry, 2)
+        if carry_array.shape != (num_features, 2) or (carry_array.size and carry_array.min() < -1):
+            raise ValueError(
+                f"carry: expected int[{num_features}, 2] of slices >= 0 or (-1, -1), got {describe(carry)}"
+            )
+    row_cap = (1 << 62) if max_rows is None else positive_int("max_rows", max_rows)
+    plan = _backend.impl.concat_then_split(
+        array, scalar_flags, caps, meta_flags, int(bool(split_full_length)), carry_array, int(bool(final)), row_cap
+    )
+    return ConcatSplitPlan(*plan)

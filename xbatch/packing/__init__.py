@@ -10,6 +10,7 @@ from typing import Any
 
 _HOMES = {
     "BestFitPackIterDataset": "grain_packers",
+    "ConcatThenSplitIterDataset": "concat_then_split",
     "FirstFitPackIterDataset": "grain_packers",
     "LLMPackIterDataset": "llm",
     "PackingStats": "stats",

@@ -1,0 +1,452 @@
+"""grain's ``ConcatThenSplitIterDataset`` on xbatch's kernels, bit for bit.
+
+The parent's elements (flat dicts of ``[tokens, ...]`` arrays or scalars) are
+concatenated per feature and cut into rows of ``length_struct[key]`` cells; see
+:func:`xbatch.kernels.concat_then_split` for the rules, grain's quirks included.
+
+The iterator pulls a window of elements (about :data:`WINDOW_ITEMS`), plans all their
+rows in one kernel call, writes every feature's rows at once (``scatter_rows``,
+``pack_rows``) and hands out views of those arrays. Elements of the last, unfinished row
+wait for the next window. The state is where the window starts plus the rows emitted
+from it: ``{"parent", "skip", "slices", "next_row"}`` -- the parent's state read once per
+window, elements to pull after it, the first element's slices left over from a cut, and
+rows to drop. Restoring replays at most one window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from .. import kernels
+from . import checkpoint
+from .buffers import BufferPool
+
+BOSHandling = grain.experimental.BOSHandling
+# Elements per window: enough to amortize the per-window calls (a few tens of µs).
+WINDOW_ITEMS = 1024
+# Rows per window at most (grain's rules can cut one element into rows without end).
+WINDOW_ROWS = 512
+_SCALAR = -1  # in the length log: the feature is a scalar (one cell in every piece)
+# Version of the iterator's state format (see checkpoint.py); bump it when it changes.
+_STATE_VERSION = 1
+_PACKER = "ConcatThenSplitIterDataset"
+
+
+class _Config:
+    """The constructor's arguments, checked once, in the forms the iterator uses."""
+
+    def __init__(
+        self,
+        length_struct: Mapping[str, int],
+        meta_features: Collection[str],
+        split_full_length_features: bool,
+        bos_handling: Any,
+        bos_features: Collection[str],
+        bos_token_id: int | None,
+    ):
+        # grain's checks and messages (its _CtsConfig).
+        if bos_handling == BOSHandling.DO_NOTHING and (bos_token_id is not None or bos_features):
+            raise ValueError(
+                f"bos_handling={bos_handling} indicates that BOS handling is not"
+                " used. So bos_token_id and bos_features should not be set."
+            )
+        if bos_handling != BOSHandling.DO_NOTHING and bos_token_id is None:
+            raise ValueError(f"bos_token_id must be set if bos_handling is {bos_handling}.")
+        if not set(meta_features).isdisjoint(set(bos_features)):
+            raise ValueError(
+                "bos_features and meta_features should not overlap. bos_features: "
+                f"{bos_features}, meta_features: {meta_features}"
+            )
+        if bos_handling not in (BOSHandling.DO_NOTHING, BOSHandling.REPLACE_FIRST_TOKEN_WITH_BOS):
+            raise ValueError(
+                f"bos_handling: expected a grain.experimental.BOSHandling, got {bos_handling!r}"
+            )
+        # xbatch's own: grain fails later (a row of 0 cells packs nothing).
+        if not isinstance(length_struct, Mapping) or not length_struct:
+            raise ValueError(
+                f"length_struct: expected a non-empty dict of feature -> cells, got {length_struct!r}"
+            )
+        for key, cells in length_struct.items():
+            if isinstance(cells, bool) or not isinstance(cells, (int, np.integer)) or cells < 1:
+                raise ValueError(
+                    f"length_struct[{key!r}]: expected an integer >= 1 (cells per row), got {cells!r}"
+                )
+        self.length_struct = dict(length_struct)
+        self.keys = list(length_struct)
+        self.key_set = set(self.keys)
+        self.capacities = np.array([int(length_struct[k]) for k in self.keys], dtype=np.int64)
+        self.meta = np.array([k in set(meta_features) for k in self.keys])
+        self.split_full_length = bool(split_full_length_features)
+        replace = bos_handling == BOSHandling.REPLACE_FIRST_TOKEN_WITH_BOS
+        self.bos = [replace and k in set(bos_features) for k in self.keys]
+        self.bos_token_id = bos_token_id
+        # Output keys in grain's order: per feature its values, segment ids, positions.
+        self.names = []
+        for key, is_meta in zip(self.keys, self.meta.tolist()):
+            self.names.append(key)
+            if not is_meta:
+                self.names += [f"{key}_segment_ids", f"{key}_positions"]
+        self.empty_slices = [[-1, -1] for _ in self.keys]
+        # What a checkpoint state's restore depends on (checked by set_state).
+        self.arguments = {
+            "length_struct": self.length_struct,
+            "meta_features": sorted(meta_features),
+            "split_full_length_features": self.split_full_length,
+            "bos_handling": bos_handling.name,
+            "bos_features": sorted(bos_features),
+            "bos_token_id": bos_token_id,
+        }
+
+
+def _spec(value: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    """dtype and trailing shape of a row holding ``value`` first (grain's rule)."""
+    if type(value) is not np.ndarray:
+        value = np.asarray(value)
+    return value.dtype, value.shape[1:]
+
+
+def _structure_error(element: Any, length_struct: Mapping[str, int]) -> ValueError:
+    """grain's errors (and wording, which its tests match) for an element it cannot pack."""
+    if not isinstance(element, Mapping):
+        return ValueError(
+            f"Parent elements must be unnested dictionaries but got {type(element).__name__}"
+            f"{list(np.shape(element))}."
+        )
+    structure = {k: f"{type(v).__name__}{list(np.shape(v))}" for k, v in element.items()}
+    return ValueError(
+        f"Parent element has structure {structure} but target sequence length is"
+        f" {length_struct}. There must be a sequence length for each feature."
+    )
+
+
+class _Window:
+    """The rows of one window, written feature by feature from the plan."""
+
+    def __init__(
+        self,
+        config: _Config,
+        elements: list,
+        lengths: np.ndarray,
+        plan: kernels.ConcatSplitPlan,
+        pool: BufferPool,
+    ):
+        self.arrays: list[np.ndarray] = []
+        first_piece = np.flatnonzero(np.r_[True, plan.row[1:] != plan.row[:-1]])
+        piece_starts = _piece_starts(plan.length, first_piece, plan.row)
+        plan, self.error = _first_failing_row(config, plan, piece_starts)
+        self.rows: list = []
+        if plan.rows == 0:
+            return
+        piece_starts = piece_starts[: len(plan.item)]
+        first_piece = first_piece[: plan.rows]
+        rows, row_of = plan.rows, plan.row
+        columns = []
+        items = plan.item.tolist()
+        for f, key in enumerate(config.keys):
+            values = [elements[e][key] for e in items]
+            cells, starts = plan.length[:, f], plan.start[:, f]
+            # Pieces that are not their element's whole value (about one a row): sliced.
+            cut = (starts != 0) | (cells != lengths[plan.item, f])
+            for p in np.flatnonzero(cut).tolist():
+                values[p] = values[p][starts[p] : starts[p] + cells[p]]
+            # A row takes the dtype and trailing shape of its first element (unsliced).
+            specs = [_spec(elements[items[p]][key]) for p in first_piece.tolist()]
+            groups = _row_groups(specs)
+            per_row: list[Any] = [None] * rows
+            for spec, group_rows in groups:
+                out = self._write(config, f, spec, values, cells, row_of, group_rows, rows, pool)
+                if len(groups) == 1:
+                    per_row = list(out)
+                else:
+                    for local, r in enumerate(group_rows):
+                        per_row[r] = out[local]
+            if config.bos[f]:  # grain writes it at every piece's first cell, empty ones too
+                if len(groups) == 1:
+                    out[row_of, piece_starts[:, f]] = config.bos_token_id
+                else:
+                    for r, start in zip(row_of.tolist(), piece_starts[:, f].tolist()):
+                        per_row[r][start] = config.bos_token_id
+            columns.append(per_row)
+            if not config.meta[f]:
+                segment_ids = pool.empty((rows, int(config.capacities[f])), np.int32)
+                positions = pool.empty((rows, int(config.capacities[f])), np.int32)
+                kernels.pack_rows(cells, row_of, segment_ids, positions)
+                self.arrays += [segment_ids, positions]
+                columns += [list(segment_ids), list(positions)]
+        names = config.names
+        self.rows = [dict(zip(names, row)) for row in zip(*columns)]
+
+    def _write(self, config, f, spec, values, cells, row_of, group_rows, rows, pool):
+        """Rows ``group_rows`` of feature ``f`` (all of one dtype and trailing shape)."""
+        dtype, trailing = spec
+        capacity = int(config.capacities[f])
+        if len(group_rows) == rows:
+            out = pool.empty((rows, capacity, *trailing), dtype)
+            kernels.scatter_rows(values, cells, row_of, out)
+            self.arrays.append(out)
+            return out
+        local = np.full(rows, -1, dtype=np.int64)
+        local[group_rows] = np.arange(len(group_rows))
+        mask = local[row_of] >= 0
+        out = np.empty((len(group_rows), capacity, *trailing), dtype)
+        picked = [v for v, keep in zip(values, mask.tolist()) if keep]
+        kernels.scatter_rows(picked, cells[mask], local[row_of[mask]], out)
+        return out
+
+
+def _first_failing_row(config: _Config, plan: kernels.ConcatSplitPlan, piece_starts: np.ndarray):
+    """(the plan cut before the first row grain fails to write, the error or None).
+
+    grain writes a row feature by feature, piece by piece, and fails where a piece ends
+    past the row (a scalar that is not a meta feature is one cell in every piece of a
+    cut element, counted as none) or where the BOS token goes to the cell after the row
+    (an empty piece at the row's end).
+    """
+    ends = piece_starts + plan.length
+    overflow = ends > config.capacities
+    bad = overflow | ((piece_starts >= config.capacities) & np.array(config.bos, dtype=bool))
+    failing = np.flatnonzero(bad.any(axis=1))
+    if failing.size == 0:
+        return plan, None
+    row = int(plan.row[failing[0]])
+    in_row = np.flatnonzero(plan.row == row)
+    f, p = next((f, p) for f in range(len(config.keys)) for p in in_row.tolist() if bad[p, f])
+    key, capacity = config.keys[f], int(config.capacities[f])
+    if overflow[p, f]:
+        error = ValueError(
+            f"Feature {key!r}: a piece of {int(plan.length[p, f])} cells does not fit cells"
+            f" [{int(piece_starts[p, f])}:{int(ends[p, f])}] of a row of {capacity}: a scalar"
+            " that is not a meta feature takes one cell in every piece of a cut element"
+            " (grain fails here with an internal error)"
+        )
+    else:  # numpy's message for grain's write
+        error = IndexError(f"index {capacity} is out of bounds for axis 0 with size {capacity}")
+    keep = plan.row < row
+    cut = plan._replace(item=plan.item[keep], row=plan.row[keep], start=plan.start[keep], length=plan.length[keep], rows=row)
+    return cut, error
+
+
+def _row_groups(specs: list) -> list[tuple[Any, list[int]]]:
+    """Rows grouped by the (dtype, trailing shape) of their first piece."""
+    if all(s == specs[0] for s in specs):
+        return [(specs[0], list(range(len(specs))))]
+    groups: dict[Any, list[int]] = {}
+    for r, spec in enumerate(specs):
+        groups.setdefault((spec[0].str, spec[0], spec[1]), []).append(r)
+    return [((key[1], key[2]), rows) for key, rows in groups.items()]
+
+
+def _piece_starts(lengths: np.ndarray, first_piece: np.ndarray, row_of: np.ndarray) -> np.ndarray:
+    """int64[p, F]: each piece's first cell in its row."""
+    ends = np.cumsum(lengths, axis=0)
+    starts = ends - lengths
+    return starts - starts[first_piece][row_of]
+
+
+class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
+    """Packs window by window; see the module docstring."""
+
+    def __init__(self, parent: grain.DatasetIterator, config: _Config):
+        super().__init__(parent)
+        self._config = config
+        self._pool = BufferPool()
+        self._restart((self._parent.get_state(), 0, config.empty_slices), next_row=0)
+
+    def _restart(self, start: tuple, next_row: int) -> None:
+        self._start = start  # (parent state, elements to skip, slices of the next one)
+        self._next_row = next_row
+        self._carry: list = []  # pulled elements that start the next window
+        self._carry_lengths: list = []
+        self._carry_slices = start[2]
+        self._exhausted = False
+        self._window: _Window | None = None
+        self._next_start = None
+        self._error: Exception | None = None
+
+    def get_state(self) -> dict[str, Any]:
+        parent, skip, slices = self._start
+        state = {
+            "parent": parent,
+            "skip": skip,
+            "slices": [list(s) for s in slices],
+            "next_row": self._next_row,
+        }
+        return checkpoint.record_arguments(
+            state, self._config.arguments, packer=_PACKER, version=_STATE_VERSION
+        )
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        checkpoint.check_arguments(state, self._config.arguments, packer=_PACKER, version=_STATE_VERSION)
+        self._parent.set_state(state["parent"])
+        for _ in range(state["skip"]):
+            next(self._parent)
+        slices = [list(s) for s in state["slices"]]
+        self._restart((state["parent"], state["skip"], slices), next_row=state["next_row"])
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while self._window is None or self._next_row >= len(self._window.rows):
+            if self._window is not None:  # a window ended on an error: raise it again
+                raise self._error
+            self._window = self._build_window()
+            if self._next_row >= len(self._window.rows) and self._error is None:
+                # After a restore, rows past this window's: a restored window holds no
+                # carried elements, so it may plan fewer rows than the one saved from.
+                left = self._next_row - len(self._window.rows)
+                self._finish_window()
+                self._next_row = left
+        row = self._window.rows[self._next_row]
+        self._next_row += 1
+        if self._next_row == len(self._window.rows) and self._error is None:
+            self._finish_window()
+        return row
+
+    def _finish_window(self) -> None:
+        self._pool.release(self._window.arrays)
+        self._window = None
+        self._start = self._next_start
+        self._next_row = 0
+
+    def _pull(self, elements: list, lengths: list, target: int) -> None:
+        """Pulls elements until ``target`` are held or the parent ends; the hot loop."""
+        parent, config = self._parent, self._config
+        keys, key_set = config.keys, config.key_set
+        first = keys[0]
+        single = len(keys) == 1
+        append, log = elements.append, lengths.append
+        while len(elements) < target:
+            try:
+                element = next(parent)
+            except StopIteration:
+                self._exhausted = True
+                return
+            if type(element) is not dict:
+                if not isinstance(element, Mapping):
+                    raise _structure_error(element, config.length_struct)
+            if element.keys() != key_set:
+                raise _structure_error(element, config.length_struct)
+            try:
+                if single:
+                    log((element[first].shape[0],))
+                else:
+                    log(tuple([element[key].shape[0] for key in keys]))
+            except (AttributeError, IndexError):  # a scalar, list or other sequence
+                log(tuple([_SCALAR if np.ndim(element[k]) == 0 else len(element[k]) for k in keys]))
+            append(element)
+
+    def _build_window(self) -> _Window:
+        """Plans and writes the next window; StopIteration when no row is left."""
+        config = self._config
+        elements, lengths = self._carry, self._carry_lengths
+        anchor = self._parent.get_state()
+        before = len(elements)
+        target = max(WINDOW_ITEMS, before)
+        while True:
+            if not self._exhausted:
+                self._pull(elements, lengths, target)
+            log = np.array(lengths, dtype=np.int64).reshape(len(lengths), len(config.keys))
+            scalar = log == _SCALAR
+            if scalar.any():
+                log[scalar] = 1
+            plan = kernels.concat_then_split(
+                log,
+                config.capacities,
+                meta=config.meta,
+                scalar=scalar,
+                split_full_length=config.split_full_length,
+                carry=self._carry_slices,
+                final=self._exhausted,
+                max_rows=WINDOW_ROWS,
+            )
+            if plan.rows or plan.status or self._exhausted:
+                break
+            target *= 2  # no row finished yet: its elements span more than this window
+        if plan.status:
+            cells = log[plan.consumed].tolist()
+            too_long = [
+                f"{k!r} has {c} cells, length_struct[{k!r}] is {config.length_struct[k]}"
+                for k, m, c in zip(config.keys, config.meta.tolist(), cells)
+                if m and c > config.length_struct[k]
+            ]
+            self._error = ValueError(
+                f"Meta feature of an element longer than its row ({'; '.join(too_long)}):"
+                " meta features are never split, so the element fits no row"
+            )
+        if plan.rows == 0:
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        window = _Window(config, elements, log, plan, self._pool)
+        if window.error is not None:
+            self._error = window.error  # raised after the rows before it, as grain does
+        consumed = plan.consumed
+        if consumed >= before:
+            self._next_start = (anchor, consumed - before, plan.carry.tolist())
+        else:  # the row cap stopped among the carried elements, which follow our start
+            parent, skip, _ = self._start
+            self._next_start = (parent, skip + consumed, plan.carry.tolist())
+        self._carry = elements[consumed:]
+        self._carry_lengths = lengths[consumed:]
+        self._carry_slices = plan.carry.tolist()
+        return window
+
+    def __str__(self) -> str:
+        return f"xbatch.{type(self).__name__}"
+
+
+class ConcatThenSplitIterDataset(grain.IterDataset):
+    """grain's ``ConcatThenSplitIterDataset`` (0.2.18), bit for bit: the elements'
+    features concatenated and cut into rows of ``length_struct`` cells, no padding but
+    where a row must end (the stream's end, meta features, several features).
+
+    Args:
+      parent: dataset of flat dicts with exactly the keys of ``length_struct``: arrays
+        ``[tokens, ...]`` (or scalars, one cell).
+      length_struct: dict of feature -> cells per row (>= 1). A row is emitted when one
+        feature is full; an element that does not fit is cut in all non-meta features.
+      meta_features: features never cut (whole in every piece of their element; an
+        element waits for the next row if one does not fit), without ``_segment_ids`` /
+        ``_positions``.
+      split_full_length_features: False: an element with a feature of exactly its row
+        length (none longer) is emitted as its own row, right after the row being filled.
+      bos_handling: ``grain.experimental.BOSHandling``; ``REPLACE_FIRST_TOKEN_WITH_BOS``
+        writes ``bos_token_id`` at the first cell of every piece of ``bos_features``.
+      bos_features, bos_token_id: as grain.
+
+    Rows are dicts, per feature (in ``length_struct`` order) its values, then int32
+    ``{key}_segment_ids`` (1-based per row, 0 = padding) and ``{key}_positions``
+    (restarting at 0 in every piece). They are views of per-window arrays. Errors where
+    grain raises: a ``ValueError`` for elements of another structure, a ``ValueError``
+    (grain: an internal error) for a meta feature longer than its row, ``IndexError``
+    where grain's BOS write fails.
+    """
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        *,
+        length_struct: Mapping[str, int],
+        meta_features: Collection[str] = (),
+        split_full_length_features: bool = True,
+        bos_handling: Any = BOSHandling.DO_NOTHING,
+        bos_features: Collection[str] = (),
+        bos_token_id: int | None = None,
+    ):
+        super().__init__(parent)
+        self._config = _Config(
+            length_struct,
+            meta_features,
+            split_full_length_features,
+            bos_handling,
+            bos_features,
+            bos_token_id,
+        )
+
+    def __iter__(self) -> _ConcatThenSplitDatasetIterator:
+        return _ConcatThenSplitDatasetIterator(self._parent.__iter__(), self._config)
+
+    def __str__(self) -> str:
+        return f"xbatch.{type(self).__name__}"
