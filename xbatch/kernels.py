@@ -601,17 +601,16 @@ class RollingPacker:
 class ConcatSplitPlan(NamedTuple):
     """Where the pieces of a stream of items go; see :func:`concat_then_split`.
 
-    Attributes:
-      item: int64[p], each piece's item (index into the call's ``lengths``).
-      row: int64[p], each piece's output row, non-decreasing; pieces lie in a row back to
-        back, in this order.
-      start: int64[p, F], each piece's first cell within its item's feature.
-      length: int64[p, F], cells the piece takes in its row, per feature.
-      rows: number of rows (each holds at least one piece).
-      consumed: items of the rows' steps; pass ``lengths[consumed:]`` (with the items
-        after them) and ``carry`` to the next call. ``n`` when ``final``.
-      carry: int64[F, 2], slices of item ``consumed`` left over ((-1, -1): whole).
-      status: 0, or 1 when item ``consumed`` has a meta feature longer than its row.
+    - ``item``: int64[p], each piece's item (index into the call's ``lengths``).
+    - ``row``: int64[p], each piece's output row, non-decreasing; pieces lie in a row back
+      to back, in this order.
+    - ``start``: int64[p, F], each piece's first cell within its item's feature.
+    - ``length``: int64[p, F], cells the piece takes in its row, per feature.
+    - ``rows``: number of rows (each holds at least one piece).
+    - ``consumed``: items of the rows' steps; pass ``lengths[consumed:]`` (with the items
+      after them) and ``carry`` to the next call. ``n`` when ``final``.
+    - ``carry``: int64[F, 2], slices of item ``consumed`` left over ((-1, -1): whole).
+    - ``status``: 0, or 1 when item ``consumed`` has a meta feature longer than its row.
     """
 
     item: np.ndarray

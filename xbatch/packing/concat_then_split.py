@@ -16,6 +16,7 @@ rows to drop. Restoring replays at most one window.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from operator import itemgetter
 from typing import Any
 
 import grain
@@ -77,7 +78,6 @@ class _Config:
                 )
         self.length_struct = dict(length_struct)
         self.keys = list(length_struct)
-        self.key_set = set(self.keys)
         self.capacities = np.array([int(length_struct[k]) for k in self.keys], dtype=np.int64)
         self.meta = np.array([k in set(meta_features) for k in self.keys])
         self.split_full_length = bool(split_full_length_features)
@@ -133,21 +133,26 @@ class _Window:
         lengths: np.ndarray,
         plan: kernels.ConcatSplitPlan,
         pool: BufferPool,
+        scalar_in_window: bool,
     ):
         self.arrays: list[np.ndarray] = []
-        first_piece = np.flatnonzero(np.r_[True, plan.row[1:] != plan.row[:-1]])
-        piece_starts = _piece_starts(plan.length, first_piece, plan.row)
-        plan, self.error = _first_failing_row(config, plan, piece_starts)
+        first_piece = np.flatnonzero(plan.row[1:] != plan.row[:-1]) + 1
+        first_piece = np.concatenate([np.zeros(min(1, plan.rows), np.int64), first_piece])
+        self.error = piece_starts = None
+        # Only BOS writes and non-meta scalars (one cell, counted as none) can fail.
+        if any(config.bos) or scalar_in_window:
+            piece_starts = _piece_starts(plan.length, first_piece, plan.row)
+            plan, self.error = _first_failing_row(config, plan, piece_starts)
+            piece_starts = piece_starts[: len(plan.item)]
+            first_piece = first_piece[: plan.rows]
         self.rows: list = []
         if plan.rows == 0:
             return
-        piece_starts = piece_starts[: len(plan.item)]
-        first_piece = first_piece[: plan.rows]
         rows, row_of = plan.rows, plan.row
         columns = []
         items = plan.item.tolist()
         for f, key in enumerate(config.keys):
-            values = [elements[e][key] for e in items]
+            values = list(map(itemgetter(key), map(elements.__getitem__, items)))
             cells, starts = plan.length[:, f], plan.start[:, f]
             # Pieces that are not their element's whole value (about one a row): sliced.
             cut = (starts != 0) | (cells != lengths[plan.item, f])
@@ -313,28 +318,30 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
     def _pull(self, elements: list, lengths: list, target: int) -> None:
         """Pulls elements until ``target`` are held or the parent ends; the hot loop."""
         parent, config = self._parent, self._config
-        keys, key_set = config.keys, config.key_set
-        first = keys[0]
-        single = len(keys) == 1
-        append, log = elements.append, lengths.append
+        keys = config.keys
+        first, num_keys = keys[0], len(keys)
+        single = num_keys == 1
+        append, log, log_all = elements.append, lengths.append, lengths.extend
         while len(elements) < target:
             try:
                 element = next(parent)
             except StopIteration:
                 self._exhausted = True
                 return
-            if type(element) is not dict:
-                if not isinstance(element, Mapping):
-                    raise _structure_error(element, config.length_struct)
-            if element.keys() != key_set:
+            # grain requires exactly the keys of length_struct: as many keys, each found.
+            if type(element) is not dict and not isinstance(element, Mapping):
+                raise _structure_error(element, config.length_struct)
+            if len(element) != num_keys:
                 raise _structure_error(element, config.length_struct)
             try:
                 if single:
-                    log((element[first].shape[0],))
+                    log(element[first].shape[0])
                 else:
-                    log(tuple([element[key].shape[0] for key in keys]))
+                    log_all([element[key].shape[0] for key in keys])
+            except KeyError:
+                raise _structure_error(element, config.length_struct) from None
             except (AttributeError, IndexError):  # a scalar, list or other sequence
-                log(tuple([_SCALAR if np.ndim(element[k]) == 0 else len(element[k]) for k in keys]))
+                log_all([_SCALAR if np.ndim(element[k]) == 0 else len(element[k]) for k in keys])
             append(element)
 
     def _build_window(self) -> _Window:
@@ -347,7 +354,7 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
         while True:
             if not self._exhausted:
                 self._pull(elements, lengths, target)
-            log = np.array(lengths, dtype=np.int64).reshape(len(lengths), len(config.keys))
+            log = np.array(lengths, dtype=np.int64).reshape(len(elements), len(config.keys))
             scalar = log == _SCALAR
             if scalar.any():
                 log[scalar] = 1
@@ -379,7 +386,7 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
             if self._error is not None:
                 raise self._error
             raise StopIteration
-        window = _Window(config, elements, log, plan, self._pool)
+        window = _Window(config, elements, log, plan, self._pool, bool(scalar.any()))
         if window.error is not None:
             self._error = window.error  # raised after the rows before it, as grain does
         consumed = plan.consumed
@@ -389,7 +396,7 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
             parent, skip, _ = self._start
             self._next_start = (parent, skip + consumed, plan.carry.tolist())
         self._carry = elements[consumed:]
-        self._carry_lengths = lengths[consumed:]
+        self._carry_lengths = lengths[consumed * len(config.keys) :]
         self._carry_slices = plan.carry.tolist()
         return window
 
