@@ -1,0 +1,152 @@
+"""Fill ratio against bins for every packing algorithm, rolling best fit's costs and speed.
+
+``python bench/bench_rolling.py`` prints, for lognormal document lengths (sigma 1,
+means 90, 420 and 600 tokens, 40,000 documents, 2,048-token rows):
+
+- the fill ratio of each algorithm against the number of bins (grain's first-fit and
+  best-fit windows, rolling best fit, and the bin-free concat-then-split and offline
+  best-fit-decreasing), and writes the plot ``docs/_static/fill_vs_bins.png``
+  (``--plot PATH`` to write it elsewhere, ``--no-plot`` to skip it);
+- what rolling best fit's checkpoint points cost in fill at 8 bins;
+- rolling best fit's placement time per piece at 8 to 4,096 bins (the compiled kernel
+  alone: push + rows out, median of 5) next to grain-rule first-fit placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+import numpy as np
+
+from xbatch import kernels
+from xbatch.compare import median_seconds
+from xbatch.packing import pack_documents
+from xbatch.packing.rolling import RollingOptions, pack_rolling
+
+SEQ_LEN = 2048
+NUM_DOCUMENTS = 40_000
+MEANS = (90, 420, 600)
+BINS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+WINDOWED = ("first_fit", "best_fit", "rolling_best_fit")
+BIN_FREE = ("concat_then_split", "best_fit_decreasing")
+PLOT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "_static" / "fill_vs_bins.png"
+
+
+def lognormal_corpus(mean: float, count: int = NUM_DOCUMENTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 tokens, int64 lengths) with lognormal lengths of the given mean (sigma 1)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(np.log(mean) - 0.5, 1.0, count).astype(np.int64)
+    return np.ones(int(lengths.sum()), np.int32), lengths
+
+
+def fill(tokens, lengths, algorithm, bins=None) -> float:
+    _, stats = pack_documents(tokens, lengths, seq_len=SEQ_LEN, eod_token_id=1, algorithm=algorithm,
+                              num_packing_bins=bins, return_stats=True)
+    return stats.fill_ratio
+
+
+def fill_table(mean: float) -> dict[str, list[float]]:
+    tokens, lengths = lognormal_corpus(mean)
+    table = {algorithm: [fill(tokens, lengths, algorithm, b) for b in BINS] for algorithm in WINDOWED}
+    table.update({algorithm: [fill(tokens, lengths, algorithm)] * len(BINS) for algorithm in BIN_FREE})
+    return table
+
+
+def checkpoint_costs(mean: float, num_bins: int = 8) -> list[tuple[str, float]]:
+    """Fill at ``num_bins`` for checkpoint intervals from 256 pieces to none at all."""
+    tokens, lengths = lognormal_corpus(mean)
+    default = RollingOptions.for_bins(num_bins)
+    rows = []
+    for every in (256, 1024, default.checkpoint_every, 10**12):
+        options = dataclasses.replace(default, checkpoint_every=every)
+        _, stats = pack_rolling(tokens, lengths, seq_len=SEQ_LEN, eod_token_id=1, pad_token_id=0,
+                                num_bins=num_bins, long_documents="split", shift="inputs", options=options)
+        rows.append(("never" if every == 10**12 else f"{every:,}", stats.fill_ratio))
+    return rows
+
+
+def placement_speed(bin_counts=(8, 64, 512, 4096), num_pieces: int = 400_000) -> list[tuple[int, float, float]]:
+    """(bins, rolling ns/piece, grain-rule first-fit ns/piece), compiled or active backend."""
+    rng = np.random.default_rng(1)
+    lengths = np.clip(rng.lognormal(np.log(420) - 0.5, 1.0, num_pieces).astype(np.int64) + 1, 1, SEQ_LEN)
+    rows = []
+    for num_bins in bin_counts:
+        options = RollingOptions.for_bins(num_bins)
+
+        def rolling():
+            packer = options.packer(SEQ_LEN, num_bins)
+            packer.push(lengths)
+            packer.drain()
+            packer.take_rows()
+
+        def first_fit():
+            packer = kernels.BinPacker(SEQ_LEN, num_bins=num_bins)
+            column, out, start = lengths.reshape(-1, 1), np.empty(num_pieces, np.int64), 0
+            while start < num_pieces:
+                start += packer.place(column[start:], out[start:])
+                packer.reset()
+
+        rows.append((num_bins, median_seconds(rolling, 5) / num_pieces * 1e9,
+                     median_seconds(first_fit, 5) / num_pieces * 1e9))
+    return rows
+
+
+def plot(tables: dict[float, dict[str, list[float]]], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"first_fit": ("C0", "o", "-"), "best_fit": ("C1", "s", "-"), "rolling_best_fit": ("C2", "D", "-"),
+              "concat_then_split": ("C3", None, ":"), "best_fit_decreasing": ("k", None, "--")}
+    figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.8), sharey=True)
+    for axis, (mean, table) in zip(np.atleast_1d(axes), tables.items()):
+        for algorithm, values in table.items():
+            color, marker, line = styles[algorithm]
+            axis.plot(BINS, [100 * v for v in values], color=color, marker=marker, linestyle=line, markersize=4,
+                      label=algorithm + (" (no bins)" if algorithm in BIN_FREE else ""))
+        axis.set_xscale("log", base=2)
+        axis.set_title(f"lognormal lengths, mean {mean} tokens")
+        axis.set_xlabel("bins (num_packing_bins)")
+        axis.set_ylim(85, 100.2)
+        axis.grid(True, alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("fill ratio (%)")
+    np.atleast_1d(axes)[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"Fill ratio against bins ({NUM_DOCUMENTS:,} documents, {SEQ_LEN:,}-token rows)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    temporary.replace(path)  # written atomically: a committed image is never half a file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plot", type=pathlib.Path, default=PLOT)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    tables = {}
+    for mean in MEANS:
+        tables[mean] = table = fill_table(mean)
+        print(f"fill ratio (%), mean {mean} tokens, {NUM_DOCUMENTS:,} documents, {SEQ_LEN}-token rows")
+        print("  bins  " + "".join(f"{name:>21}" for name in table))
+        for i, bins in enumerate(BINS):
+            print(f"  {bins:>4}  " + "".join(f"{100 * values[i]:>21.2f}" for values in table.values()))
+    for mean in MEANS:
+        print(f"rolling_best_fit at 8 bins, mean {mean}: fill (%) by checkpoint interval (pieces)")
+        for every, value in checkpoint_costs(mean):
+            print(f"  {every:>16}  {100 * value:.2f}")
+    print("placement, ns per piece (median of 5; rolling: push + rows out; first fit: grain's window rule)")
+    for num_bins, rolling_ns, first_fit_ns in placement_speed():
+        print(f"  {num_bins:>5} bins  rolling_best_fit {rolling_ns:7.1f}  first_fit {first_fit_ns:7.1f}")
+    if not args.no_plot:
+        plot(tables, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
