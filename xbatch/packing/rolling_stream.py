@@ -61,6 +61,9 @@ class RollingRowsIterator(grain.DatasetIterator):
         self._rows: list[int] = []  # rows of self._fields not yet emitted, in order
         self._fields: dict[str, np.ndarray] = {}
         self._drained_start: dict[str, Any] | None = None  # window start once the batch is out
+        self._pending_ids: list[np.ndarray] = []  # emitted rows not laid out yet
+        self._pending_sizes: list[np.ndarray] = []
+        self._pending_rows = 0
 
     def get_state(self) -> dict[str, Any]:
         state = {**self._window_start, "next_row": self._next_row, "counter": self._counter,
@@ -125,6 +128,9 @@ class RollingRowsIterator(grain.DatasetIterator):
         if self._packer.clock == every:
             return self._drain({"parent": self._element_state, "piece": stop} if stop < len(self._element)
                                else {"parent": self._parent.get_state(), "piece": 0})
+        self._collect()
+        if self._pending_rows < self._options.num_packing_bins:
+            return  # lay rows out in groups: one small layout per document costs more than it packs
         self._lay_out()
         if self._arena.wants_compaction():
             self._arena.compact(self._packer.held_ids())
@@ -138,8 +144,19 @@ class RollingRowsIterator(grain.DatasetIterator):
         else:  # nothing left to emit from this interval
             self._window_start, self._next_row = next_start, 0
 
-    def _lay_out(self) -> None:
+    def _collect(self) -> None:
+        """Moves the rows the packer emitted into the pending group."""
         ids, sizes = self._packer.take_rows()
+        if sizes.shape[0]:
+            self._pending_ids.append(ids)
+            self._pending_sizes.append(sizes)
+            self._pending_rows += sizes.shape[0]
+
+    def _lay_out(self) -> None:
+        self._collect()
+        ids = np.concatenate([np.zeros(0, np.int64), *self._pending_ids])
+        sizes = np.concatenate([np.zeros(0, np.int64), *self._pending_sizes])
+        self._pending_ids, self._pending_sizes, self._pending_rows = [], [], 0
         if self._skip:  # rows emitted before the checkpoint being restored
             dropped = min(self._skip, sizes.shape[0])
             self._arena.take(ids[:int(sizes[:dropped].sum())])
