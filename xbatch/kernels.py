@@ -442,7 +442,7 @@ def index_shuffle(indices: Any, *, max_index: int, seed: int, rounds: int = 4,
       indices: int[n], each in ``[0, max_index]``.
       max_index: the permutation's largest value, ``0 <= max_index < 2**63``.
       seed: ``0 <= seed < 2**32``.
-      rounds: an even number >= 4.
+      rounds: an even number in 4..1024.
       out: optional int64[n] to write into.
 
     Returns:
@@ -452,8 +452,10 @@ def index_shuffle(indices: Any, *, max_index: int, seed: int, rounds: int = 4,
     for name, value, low, high in (("max_index", max_index, 0, 2**63 - 1), ("seed", seed, 0, _UINT32 - 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
             raise ValueError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 4 or rounds % 2:
-        raise ValueError(f"rounds: expected an even integer >= 4, got {rounds!r}")
+    # The round keys are derived in Python, O(rounds): bound them (grain's shuffle uses 4).
+    if (isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or not 4 <= rounds <= 1024
+            or rounds % 2):
+        raise ValueError(f"rounds: expected an even integer in 4..1024, got {rounds!r}")
     if out is None:
         out = np.empty(array.shape[0], dtype=np.int64)
     elif not (isinstance(out, np.ndarray) and out.dtype == np.int64 and out.shape == array.shape
