@@ -4,7 +4,9 @@ asv runs the classes (``time_*`` / ``peakmem_*`` / ``track_*``);
 ``python bench/bench_llm_packing.py`` prints tokens/s of bulk ``pack_documents``, the
 fill ratio of each algorithm, streaming tokens/s and documents/s from ragged chunks of
 1,000 documents next to grain's ``FirstFitPackIterDataset`` + EOD/shift maps on the same
-documents (as a ratio), and documents/s at 8 vs 4,096 bins.
+documents (as a ratio), documents/s at 8 vs 4,096 bins, and tokens/s with loss masks
+(per-token masks or prompt lengths; SFT-like: the first 10-60% of each document is its
+prompt) next to the same packing without them (as a ratio).
 
 Corpus: 2,048-token rows; document lengths lognormal (sigma 1) with mean 90 or 600
 tokens, clipped to 1..2,047 (so grain, which cannot split, takes every document); int32
@@ -86,6 +88,39 @@ def grain_pipeline(documents: list[np.ndarray], num_bins: int = NUM_BINS):
 def xbatch_pipeline(elements: list, num_bins: int = NUM_BINS):
     parent = grain.MapDataset.source(elements).to_iter_dataset(NO_PREFETCH)
     return LLMPackIterDataset(parent, seq_len=SEQ_LEN, num_packing_bins=num_bins, eod_token_id=EOD)
+
+
+@functools.cache
+def prompt_lengths(mean_tokens: int, num_tokens: int, seed: int = 1) -> np.ndarray:
+    """int64[documents]: a prompt of 10-60% of each document of ``corpus(mean_tokens, num_tokens)``."""
+    lengths = corpus(mean_tokens, num_tokens)[1]
+    share = np.random.default_rng(seed).uniform(0.1, 0.6, lengths.shape[0])
+    return np.floor(lengths * share).astype(np.int64)
+
+
+def masked_elements(pipeline: str, masks: str, mean_tokens: int, num_tokens: int) -> list:
+    """The corpus as the parent elements of ``pipeline`` ("chunks" or "documents"), carrying
+    ``masks`` ("none", "loss_mask" or "prompt_lengths")."""
+    tokens, lengths = corpus(mean_tokens, num_tokens)
+    prompts = prompt_lengths(mean_tokens, num_tokens)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    mask = (np.arange(tokens.size) >= np.repeat(offsets[:-1] + prompts, lengths)).astype(np.int32)
+    if pipeline == "chunks":
+        chunks = ragged_chunks(tokens, lengths)
+        for index, chunk in enumerate(chunks):
+            first = index * CHUNK_DOCUMENTS
+            last = first + len(chunk["lengths"])
+            if masks == "loss_mask":
+                chunk["loss_mask"] = mask[offsets[first]:offsets[last]]
+            elif masks == "prompt_lengths":
+                chunk["prompt_lengths"] = prompts[first:last]
+        return chunks
+    documents = single_documents(tokens, lengths)
+    if masks == "loss_mask":
+        return [{"tokens": d, "loss_mask": mask[offsets[i]:offsets[i + 1]]} for i, d in enumerate(documents)]
+    if masks == "prompt_lengths":
+        return [{"tokens": d, "prompt_length": int(p)} for d, p in zip(documents, prompts)]
+    return documents
 
 
 def consume(dataset) -> int:
@@ -171,51 +206,106 @@ class ManyBins:
         consume(self.dataset)
 
 
+class Masks:
+    """Loss masks against none: bulk ``pack_documents`` and streaming (chunks, documents)."""
+
+    params = [["none", "loss_mask", "prompt_lengths"], ["bulk", "chunks", "documents"], ["inputs", "targets"],
+              list(MEAN_TOKENS)]
+    param_names = ["masks", "pipeline", "shift", "mean_tokens"]
+    num_tokens = 1 << 21
+
+    def setup(self, masks, pipeline, shift, mean_tokens):
+        self.tokens, self.lengths = corpus(mean_tokens, self.num_tokens)
+        if pipeline == "bulk":
+            prompts = prompt_lengths(mean_tokens, self.num_tokens)
+            offsets = np.cumsum(self.lengths) - self.lengths
+            mask = (np.arange(self.tokens.size) >= np.repeat(offsets + prompts, self.lengths)).astype(np.int32)
+            self.kwargs = {"none": {}, "loss_mask": {"loss_mask": mask},
+                           "prompt_lengths": {"prompt_lengths": prompts}}[masks]
+            self.dataset = None
+        else:
+            parent = grain.MapDataset.source(masked_elements(pipeline, masks, mean_tokens, self.num_tokens))
+            self.dataset = LLMPackIterDataset(parent.to_iter_dataset(NO_PREFETCH), seq_len=SEQ_LEN,
+                                              num_packing_bins=NUM_BINS, eod_token_id=EOD, shift=shift)
+        self.shift = shift
+
+    def time_pack(self, masks, pipeline, shift, mean_tokens):
+        if self.dataset is None:
+            pack_documents(self.tokens, self.lengths, seq_len=SEQ_LEN, eod_token_id=EOD,
+                           num_packing_bins=NUM_BINS, shift=self.shift, **self.kwargs)
+        else:
+            consume(self.dataset)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument("--only", choices=["bulk", "fill", "stream", "bins", "masks"], action="append",
+                        help="run only these sections (repeatable; default: all)")
     args = parser.parse_args(argv)
+    sections = set(args.only or ["bulk", "fill", "stream", "bins", "masks"])
     print(f"xbatch {xbatch.__version__}, kernels: {xbatch.BACKEND}; {SEQ_LEN}-token rows, median of {args.repeats}")
 
-    print(f"\nbulk pack_documents, {BulkPack.num_tokens / 1e6:.1f}M tokens:")
-    for mean_tokens in MEAN_TOKENS:
-        for bins in BulkPack.params[0]:
-            case = BulkPack()
-            case.setup(bins, mean_tokens)
-            seconds = median_seconds(lambda: case.time_pack_documents(bins, mean_tokens), args.repeats)
-            window = f"{bins} bins" if bins else "whole corpus"
-            print(f"  mean {mean_tokens:>3}, {window:>12}: {case.tokens.size / seconds / 1e6:7.1f} M tokens/s")
+    if "bulk" in sections:
+        print(f"\nbulk pack_documents, {BulkPack.num_tokens / 1e6:.1f}M tokens:")
+        for mean_tokens in MEAN_TOKENS:
+            for bins in BulkPack.params[0]:
+                case = BulkPack()
+                case.setup(bins, mean_tokens)
+                seconds = median_seconds(lambda: case.time_pack_documents(bins, mean_tokens), args.repeats)
+                window = f"{bins} bins" if bins else "whole corpus"
+                print(f"  mean {mean_tokens:>3}, {window:>12}: {case.tokens.size / seconds / 1e6:7.1f} M tokens/s")
 
-    print(f"\nfill ratio, {FillRatio.num_tokens / 1e6:.1f}M tokens ({NUM_BINS} bins; *_decreasing: whole corpus):")
-    for mean_tokens in MEAN_TOKENS:
-        ratios = []
-        for algorithm in FillRatio.params[0]:
-            case = FillRatio()
-            case.setup(algorithm, mean_tokens)
-            ratios.append(f"{algorithm} {case.track_fill_ratio(algorithm, mean_tokens):.4f}")
-        print(f"  mean {mean_tokens:>3}: " + ", ".join(ratios))
+    if "fill" in sections:
+        print(f"\nfill ratio, {FillRatio.num_tokens / 1e6:.1f}M tokens ({NUM_BINS} bins; *_decreasing: whole corpus):")
+        for mean_tokens in MEAN_TOKENS:
+            ratios = []
+            for algorithm in FillRatio.params[0]:
+                case = FillRatio()
+                case.setup(algorithm, mean_tokens)
+                ratios.append(f"{algorithm} {case.track_fill_ratio(algorithm, mean_tokens):.4f}")
+            print(f"  mean {mean_tokens:>3}: " + ", ".join(ratios))
 
-    print(f"\nstreaming into the LLM layout, {Stream.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins:")
-    for mean_tokens in MEAN_TOKENS:
-        tokens, lengths = corpus(mean_tokens, Stream.num_tokens)
+    if "stream" in sections:
+        print(f"\nstreaming into the LLM layout, {Stream.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins:")
+        for mean_tokens in MEAN_TOKENS:
+            tokens, lengths = corpus(mean_tokens, Stream.num_tokens)
+            rates = {}
+            for pipeline in Stream.params[0]:
+                case = Stream()
+                case.setup(pipeline, mean_tokens)
+                rates[pipeline] = 1 / median_seconds(lambda: case.time_stream(pipeline, mean_tokens), args.repeats)
+            for pipeline, rate in rates.items():
+                print(f"  mean {mean_tokens:>3}, {pipeline:>16}: {tokens.size * rate / 1e6:8.2f} M tokens/s "
+                      f"{len(lengths) * rate:12,.0f} documents/s  ({rate / rates['grain']:6.1f}x grain)")
+
+    if "bins" in sections:
+        print(f"\nragged chunks at 8 vs 4,096 bins, {ManyBins.num_tokens / 1e6:.1f}M tokens, mean 600:")
+        documents = len(corpus(600, ManyBins.num_tokens)[1])
         rates = {}
-        for pipeline in Stream.params[0]:
-            case = Stream()
-            case.setup(pipeline, mean_tokens)
-            rates[pipeline] = 1 / median_seconds(lambda: case.time_stream(pipeline, mean_tokens), args.repeats)
-        for pipeline, rate in rates.items():
-            print(f"  mean {mean_tokens:>3}, {pipeline:>16}: {tokens.size * rate / 1e6:8.2f} M tokens/s "
-                  f"{len(lengths) * rate:12,.0f} documents/s  ({rate / rates['grain']:6.1f}x grain)")
+        for bins in ManyBins.params[0]:
+            case = ManyBins()
+            case.setup(bins)
+            rates[bins] = documents / median_seconds(lambda: case.time_stream(bins), args.repeats)
+        print(f"  8 bins {rates[8]:,.0f} documents/s, 4096 bins {rates[4096]:,.0f} documents/s "
+              f"(4096/8 = {rates[4096] / rates[8]:.2f})")
 
-    print(f"\nragged chunks at 8 vs 4,096 bins, {ManyBins.num_tokens / 1e6:.1f}M tokens, mean 600:")
-    documents = len(corpus(600, ManyBins.num_tokens)[1])
-    rates = {}
-    for bins in ManyBins.params[0]:
-        case = ManyBins()
-        case.setup(bins)
-        rates[bins] = documents / median_seconds(lambda: case.time_stream(bins), args.repeats)
-    print(f"  8 bins {rates[8]:,.0f} documents/s, 4096 bins {rates[4096]:,.0f} documents/s "
-          f"(4096/8 = {rates[4096] / rates[8]:.2f})")
+    if "masks" in sections:
+        print(f"\nloss masks, {Masks.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins, M tokens/s "
+              "(none / with masks = the masks' cost):")
+        masks_kinds, pipelines, shifts, _ = Masks.params
+        for mean_tokens in MEAN_TOKENS:
+            for pipeline in pipelines:
+                for shift in shifts:
+                    rates = {}
+                    for masks in masks_kinds:
+                        case = Masks()
+                        case.setup(masks, pipeline, shift, mean_tokens)
+                        seconds = median_seconds(lambda: case.time_pack(masks, pipeline, shift, mean_tokens), args.repeats)
+                        rates[masks] = case.tokens.size / seconds / 1e6
+                    print(f"  mean {mean_tokens:>3}, {pipeline:>9}, shift={shift:<7}: none {rates['none']:7.1f}, "
+                          + ", ".join(f"{kind} {rates[kind]:7.1f} ({rates['none'] / rates[kind]:.2f}x)"
+                                      for kind in masks_kinds[1:]))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from .pieces import (
     check_choice,
     check_token_id,
     document_pieces,
-    documents_loss_mask,
+    cell_loss_mask,
     lay_out_rows,
     loss_tokens_per_row,
     place_until_full,
@@ -109,7 +109,7 @@ def pack_documents(
             )
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
-    mask = documents_loss_mask(lengths, loss_mask, prompt_lengths)
+    mask = cell_loss_mask(lengths, loss_mask, prompt_lengths, eod_loss=int(bool(train_on_eod)))
     if algorithm == ROLLING:
         _check_concat_options(mask, train_on_eod, cap, algorithm)
         if num_packing_bins is None:
@@ -124,7 +124,7 @@ def pack_documents(
                                     pad_token_id=pad_token_id, long_documents=long_documents, shift=shift)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                             long_documents=long_documents, loss_mask=mask, eod_loss=int(bool(train_on_eod)))
+                             long_documents=long_documents, cell_mask=mask)
     if num_packing_bins is None:
         bins, num_rows = _place_corpus(pieces.lengths, seq_len, algorithm, cap)
     else:
@@ -242,9 +242,9 @@ def window_documents(
     multiple = 1 if batch_size is None else positive_int("batch_size", batch_size)
     tokens = as_tokens("tokens", tokens)
     lengths = as_lengths(lengths, tokens.shape[0])
-    mask = documents_loss_mask(lengths, loss_mask, prompt_lengths)
+    mask = cell_loss_mask(lengths, loss_mask, prompt_lengths, eod_loss=int(bool(train_on_eod)))
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                             long_documents="split", loss_mask=mask, eod_loss=int(bool(train_on_eod)))
+                             long_documents="split", cell_mask=mask)
     num_pieces = len(pieces)
     num_rows = -(-num_pieces // multiple) * multiple
     piece_lengths, rows = pieces.lengths[:, 0], np.arange(num_pieces, dtype=np.int64)

@@ -23,11 +23,12 @@ from .pieces import (
     STREAM_ALGORITHMS,
     Pieces,
     as_lengths,
+    as_loss_mask,
     as_tokens,
     check_choice,
     check_token_id,
     document_pieces,
-    documents_loss_mask,
+    cell_loss_mask,
     lay_out_rows,
     loss_tokens_per_row,
     place_until_full,
@@ -403,15 +404,16 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                 )
             tokens = as_tokens("tokens", element["tokens"])
             lengths = as_lengths(element["lengths"], tokens.shape[0])
-            mask = documents_loss_mask(lengths, element.get("loss_mask"), element.get("prompt_lengths"))
+            mask = cell_loss_mask(lengths, element.get("loss_mask"), element.get("prompt_lengths"),
+                                  eod_loss=int(options.train_on_eod))
             source = "the ragged chunk"
         else:
-            tokens, mask = element if isinstance(element, tuple) else _document(element)
+            tokens, document_mask = element if isinstance(element, tuple) else _document(element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
+            mask = cell_loss_mask(lengths, document_mask, eod_loss=int(options.train_on_eod))
             source = "the parent element (a single document)"
         return document_pieces(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                               long_documents=options.long_documents, source=source, loss_mask=mask,
-                               eod_loss=int(options.train_on_eod))
+                               long_documents=options.long_documents, source=source, cell_mask=mask)
 
     def _close_window(self, next_parent_state: Any, next_piece: int) -> None:
         """Packs the window's rows; the next window starts at ``next_piece`` of the element
@@ -455,11 +457,20 @@ def _document(element: Any) -> tuple[np.ndarray, np.ndarray | None]:
             f"'loss_mask' or 'prompt_length') or a ragged chunk ('tokens', 'lengths'), got keys {sorted(element)}"
         )
     tokens = as_tokens("tokens", element["tokens"])
-    prompt_length = element.get("prompt_length")
-    if prompt_length is not None:
-        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
-            raise TypeError(f"prompt_length: expected an integer, got {prompt_length!r}")
-        prompt_length = [prompt_length]
-    mask = documents_loss_mask(np.array([tokens.shape[0]], np.int64), element.get("loss_mask"), prompt_length,
-                               prompt_name="prompt_length")
+    prompt_length, loss_mask = element.get("prompt_length"), element.get("loss_mask")
+    if prompt_length is None and loss_mask is not None:
+        return tokens, as_loss_mask("loss_mask", loss_mask, tokens.shape[0])
+    if prompt_length is None:
+        return tokens, None
+    if loss_mask is not None:
+        raise ValueError("loss_mask, prompt_length: expected at most one of them, got both")
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
+        raise TypeError(f"prompt_length: expected an integer, got {prompt_length!r}")
+    if not 0 <= prompt_length <= tokens.shape[0]:
+        raise ValueError(
+            f"prompt_length: expected 0 <= prompt length <= document length, got {prompt_length} for "
+            f"document 0 of {tokens.shape[0]} tokens"
+        )
+    mask = np.ones(tokens.shape[0], np.int32)
+    mask[:prompt_length] = 0
     return tokens, mask

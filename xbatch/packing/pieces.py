@@ -151,34 +151,29 @@ def as_loss_mask(name: str, value: Any, num_tokens: int) -> np.ndarray:
 
     Takes bools or integers 0 and 1 (1: the token is trained on).
     """
-    if type(value) is np.ndarray and value.dtype == np.int32 and value.ndim == 1 and value.shape[0] == num_tokens:
-        array = value  # checked below without a copy
-    else:
-        array = np.asarray(value)
-        if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
-            array = array.astype(np.int32)
-        if array.dtype != bool and array.dtype.kind not in "iu":
-            raise TypeError(f"{name}: expected a mask of bools or 0/1 integers, got {describe(array)}")
-        if array.shape != (num_tokens,):
-            raise ValueError(
-                f"{name}: expected one value per token, shape ({num_tokens},), got {describe(array)}"
-            )
-        if array.dtype == bool:
-            return array.astype(np.int32)
-    if array.size and (array.min() < 0 or array.max() > 1):
+    if type(value) is np.ndarray and value.dtype == np.int32 and value.shape == (num_tokens,):
+        # The common case, once per streamed document: one check, no copy. Seen as
+        # unsigned, a negative value is huge, so 0/1 is exactly max <= 1.
+        if not num_tokens or value.view(np.uint32).max() <= 1:
+            return value
+    array = np.asarray(value)
+    if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int32)
+    if array.dtype != bool and array.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected a mask of bools or 0/1 integers, got {describe(array)}")
+    if array.shape != (num_tokens,):
+        raise ValueError(f"{name}: expected one value per token, shape ({num_tokens},), got {describe(array)}")
+    if array.dtype == bool or not array.size:
+        return array.astype(np.int32)
+    if array.view(array.dtype.str.replace("i", "u")).max() > 1:  # as above
         bad = int(np.flatnonzero((array < 0) | (array > 1))[0])
         raise ValueError(f"{name}: expected 0 or 1 per token, got {array[bad]} at token {bad}")
     return array.astype(np.int32, copy=False)
 
 
-def prompt_loss_mask(name: str, value: Any, lengths: np.ndarray) -> np.ndarray:
-    """int32[sum(lengths)]: 0 on each document's first ``value[i]`` tokens (its prompt), 1 after.
-
-    Args:
-      name: names ``value`` in errors.
-      value: int[documents], prompt tokens per document, ``0 <= value[i] <= lengths[i]``.
-      lengths: int64[documents] >= 0, tokens per document.
-    """
+def as_prompt_lengths(name: str, value: Any, lengths: np.ndarray) -> np.ndarray:
+    """Prompt tokens per document as int64[documents], ``0 <= value[i] <= lengths[i]``, or a
+    TypeError/ValueError naming ``name``."""
     array = np.asarray(value)
     if array.dtype == np.float64 and array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int64)
@@ -196,32 +191,45 @@ def prompt_loss_mask(name: str, value: Any, lengths: np.ndarray) -> np.ndarray:
             f"{name}: expected 0 <= prompt length <= document length, got {array[first]} for "
             f"document {first} of {lengths[first]} tokens"
         )
-    # A token is trained on from its document's start + prompt length on.
-    starts = np.cumsum(lengths) - lengths
-    first_trained = np.repeat(starts + array, lengths)
-    return (np.arange(first_trained.shape[0]) >= first_trained).astype(np.int32)
+    return array
 
 
-def documents_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: Any = None, *,
-                        mask_name: str = "loss_mask",
-                        prompt_name: str = "prompt_lengths") -> np.ndarray | None:
-    """The per-token int32 0/1 mask of documents given back to back, or None (all trained on).
+def cell_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: Any = None, *, eod_loss: int,
+                   mask_name: str = "loss_mask", prompt_name: str = "prompt_lengths") -> np.ndarray | None:
+    """The 0/1 mask of documents given back to back, each followed by its EOD cell.
 
-    At most one of ``loss_mask`` (one 0/1 per token) and ``prompt_lengths`` (one per
-    document) may be given.
+    Args:
+      lengths: int64[documents] >= 0, tokens per document.
+      loss_mask: 0/1 or bool [sum(lengths)], one per token; or None.
+      prompt_lengths: int[documents], each document's first tokens not trained on; or None.
+        At most one of the two; without either every token is trained on.
+      eod_loss: the mask of every EOD cell.
+      mask_name, prompt_name: name the arguments in errors.
+
+    Returns:
+      int32[sum(lengths) + documents], aligned with the EOD-terminated documents (see
+      :func:`document_pieces`), or None when every cell is trained on.
     """
     if loss_mask is not None and prompt_lengths is not None:
         raise ValueError(f"{mask_name}, {prompt_name}: expected at most one of them, got both")
     if loss_mask is not None:
-        return as_loss_mask(mask_name, loss_mask, int(lengths.sum()))
-    if prompt_lengths is not None:
-        return prompt_loss_mask(prompt_name, prompt_lengths, lengths)
-    return None
+        mask = as_loss_mask(mask_name, loss_mask, int(lengths.sum()))
+        return np.insert(mask, np.cumsum(lengths), np.int32(eod_loss))
+    if prompt_lengths is None and eod_loss:
+        return None
+    prompts = np.zeros_like(lengths) if prompt_lengths is None else as_prompt_lengths(prompt_name, prompt_lengths, lengths)
+    # Runs of 0 (prompt), 1 (the rest) and the EOD's mask, document after document: one
+    # write per cell.
+    runs = np.empty((lengths.shape[0], 3), np.int64)
+    runs[:, 0] = prompts
+    runs[:, 1] = lengths - prompts
+    runs[:, 2] = 1
+    values = np.tile(np.array([0, 1, eod_loss], np.int32), lengths.shape[0])
+    return np.repeat(values, runs.reshape(-1))
 
 
 def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int,
-                    long_documents: str, source: str = "lengths", loss_mask: np.ndarray | None = None,
-                    eod_loss: int = 1) -> Pieces:
+                    long_documents: str, source: str = "lengths", cell_mask: np.ndarray | None = None) -> Pieces:
     """Cuts documents given back to back into EOD-terminated pieces of at most ``seq_len``.
 
     Args:
@@ -231,9 +239,8 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
       eod_token_id: appended to every document.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` (see the module docstring).
       source: names where the documents come from in the ``"error"`` message.
-      loss_mask: int32[sum(lengths)] of 0/1 aligned with ``tokens`` (see
-        :func:`documents_loss_mask`), or None: every token is trained on.
-      eod_loss: the mask of every EOD (1: trained on, 0: not).
+      cell_mask: int32[sum(lengths) + documents] of 0/1, each document's mask followed by
+        its EOD's (see :func:`cell_loss_mask`), or None: every cell is trained on.
 
     Returns:
       The pieces, in document order; vectorized over documents (no Python loop per
@@ -242,10 +249,7 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
     cells = lengths + 1  # each document plus its EOD
     ends = np.cumsum(lengths)
     stream = np.insert(tokens, ends, np.int32(eod_token_id))
-    mask = None
-    if loss_mask is not None or not eod_loss:
-        mask = np.insert(np.ones(tokens.shape[0], np.int32) if loss_mask is None else loss_mask, ends,
-                         np.int32(eod_loss))
+    mask = cell_mask
     num_documents = lengths.shape[0]
     too_long = cells > seq_len
     if not too_long.any():
@@ -309,8 +313,16 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
         # The mask packs exactly like its tokens; times the segment ids it is the
         # segmentation of the targets trained on (a 0/1 mask keeps or zeroes each id).
         trained = empty(shape, np.int32)
-        kernels.scatter_rows(loss_mask, lengths, bins, trained, padding=0)
-        np.multiply(trained, segmentation, out=trained)
+        if shift == "inputs":
+            kernels.scatter_rows(loss_mask, lengths, bins, trained, padding=0)
+            np.multiply(trained, segmentation, out=trained)
+        else:
+            mask_rows = np.empty(shape, np.int32)
+            kernels.scatter_rows(loss_mask, lengths, bins, mask_rows, padding=0)
+            # Shifted left in the same pass: in C order, cell i + 1 of the flat rows is the
+            # next cell of the row except in the last column, which gets no target.
+            np.multiply(_flat(mask_rows)[1:], _flat(segmentation)[1:], out=_flat(trained)[:-1])
+            trained[:, -1] = 0
     return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
                       pad_token_id=pad_token_id, shift=shift, trained_segmentation=trained, empty=empty)
 
@@ -341,9 +353,9 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
     segment id; keep ``targets_segmentation == inputs_segmentation`` to train only on
     predictions inside a document. The new arrays come from ``empty(shape, dtype)``.
 
-    ``trained_segmentation`` (default: ``segmentation``) is the segmentation of the packed
-    tokens with 0 where a token is not trained on; the targets segmentation is made from
-    it (shifted with ``shift="targets"``), so a target not trained on has segmentation 0.
+    ``trained_segmentation``, if given, is the targets segmentation (already shifted for
+    ``shift="targets"``): the segment id of each target, 0 where a target is not trained
+    on; without it the targets segmentation is the (shifted) segmentation.
     """
 
     def new() -> np.ndarray:
@@ -366,10 +378,17 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
         "inputs_position": positions,
         "inputs_segmentation": segmentation,
         "targets_position": kernels.shift_left(positions, 0, out=new()),
-        "targets_segmentation": kernels.shift_left(
-            segmentation if trained_segmentation is None else trained_segmentation, 0, out=new()
+        "targets_segmentation": (
+            kernels.shift_left(segmentation, 0, out=new()) if trained_segmentation is None else trained_segmentation
         ),
     }
+
+
+def _flat(rows: np.ndarray) -> np.ndarray:
+    """A 1-d view of C-contiguous rows (never a copy)."""
+    flat = rows.view()
+    flat.shape = (rows.size,)  # raises instead of copying if rows were not contiguous
+    return flat
 
 
 def _copy(source: np.ndarray, out: np.ndarray) -> np.ndarray:
