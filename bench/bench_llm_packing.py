@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
+import time
 
 import grain
 import numpy as np
@@ -240,6 +242,8 @@ class Masks:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="loss masks: time with the process's CPU time (steadier on a shared machine)")
     parser.add_argument("--only", choices=["bulk", "fill", "stream", "bins", "masks"], action="append",
                         help="run only these sections (repeatable; default: all)")
     args = parser.parse_args(argv)
@@ -291,20 +295,28 @@ def main(argv=None) -> None:
               f"(4096/8 = {rates[4096] / rates[8]:.2f})")
 
     if "masks" in sections:
-        print(f"\nloss masks, {Masks.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins, M tokens/s "
-              "(none / with masks = the masks' cost):")
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        print(f"\nloss masks, {Masks.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins, M tokens/s, runs interleaved, "
+              f"{'CPU' if args.cpu_time else 'wall'} time (with masks / none = the masks' cost):")
         masks_kinds, pipelines, shifts, _ = Masks.params
         for mean_tokens in MEAN_TOKENS:
             for pipeline in pipelines:
                 for shift in shifts:
-                    rates = {}
+                    cases = {}
                     for masks in masks_kinds:
-                        case = Masks()
-                        case.setup(masks, pipeline, shift, mean_tokens)
-                        seconds = median_seconds(lambda: case.time_pack(masks, pipeline, shift, mean_tokens), args.repeats)
-                        rates[masks] = case.tokens.size / seconds / 1e6
-                    print(f"  mean {mean_tokens:>3}, {pipeline:>9}, shift={shift:<7}: none {rates['none']:7.1f}, "
-                          + ", ".join(f"{kind} {rates[kind]:7.1f} ({rates['none'] / rates[kind]:.2f}x)"
+                        cases[masks] = Masks()
+                        cases[masks].setup(masks, pipeline, shift, mean_tokens)
+                        cases[masks].time_pack(masks, pipeline, shift, mean_tokens)  # untimed warm-up
+                    times = {masks: [] for masks in masks_kinds}
+                    for _ in range(args.repeats):  # interleaved: a busy spell hits every variant alike
+                        for masks, case in cases.items():
+                            start = clock()
+                            case.time_pack(masks, pipeline, shift, mean_tokens)
+                            times[masks].append(clock() - start)
+                    seconds = {masks: statistics.median(values) for masks, values in times.items()}
+                    rate = {masks: cases[masks].tokens.size / value / 1e6 for masks, value in seconds.items()}
+                    print(f"  mean {mean_tokens:>3}, {pipeline:>9}, shift={shift:<7}: none {rate['none']:7.1f}, "
+                          + ", ".join(f"{kind} {rate[kind]:7.1f} ({seconds[kind] / seconds['none']:.2f}x)"
                                       for kind in masks_kinds[1:]))
 
 

@@ -4,6 +4,11 @@ Formats: ``.npz`` (arrays ``tokens`` and ``lengths``), ``.npy`` tokens with a ``
 lengths beside, JSONL (one token list per line, or a named field; gzip allowed) and
 Parquet (a list-of-int column, via pyarrow). Every reader returns a :class:`Corpus`:
 documents back to back, no Python object per document.
+
+Fine-tuning corpora say which tokens are trained on: a prompt (a JSONL key or Parquet
+column of token lists read before the document's own tokens and not trained on), a 0/1
+mask (a JSONL key or Parquet column of lists aligned with the tokens), or in an ``.npz``
+the arrays ``loss_mask`` (flat) or ``prompt_lengths`` (one per document).
 """
 
 from __future__ import annotations
@@ -49,12 +54,17 @@ class Corpus:
       lengths: int64[documents], tokens per document.
       name: where the documents came from, for messages.
       lines: int64[documents], each document's line in a text file (1-based), or None.
+      loss_mask: int[sum(lengths)] of 0/1 aligned with ``tokens`` (1: trained on), or None.
+      prompt_lengths: int64[documents], each document's first tokens not trained on, or
+        None. At most one of the two (the packers check their values).
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
     name: str
     lines: np.ndarray | None = None
+    loss_mask: np.ndarray | None = None
+    prompt_lengths: np.ndarray | None = None
 
     def where(self, document: int) -> str:
         """``"<name>: document <index>"``, with its line where the file has lines."""
@@ -85,7 +95,8 @@ def synthetic_corpus(num_documents: int, *, seed: int = 0, log_mean: float = LON
     return Corpus(tokens, lengths, f"the built-in synthetic corpus (seed {seed}, {mean})")
 
 
-def _checked_corpus(tokens: Any, lengths: Any, name: str, lines: np.ndarray | None = None) -> Corpus:
+def _checked_corpus(tokens: Any, lengths: Any, name: str, lines: np.ndarray | None = None, *,
+                    loss_mask: Any = None, prompt_lengths: Any = None) -> Corpus:
     """A Corpus of 1-d integer arrays whose lengths cover the tokens exactly, with every
     token id in ``[0, 2**31)`` (the one rule of :func:`xbatch.packing.pieces.as_tokens`)."""
     for what, array in (("tokens", tokens), ("lengths", lengths)):
@@ -100,7 +111,7 @@ def _checked_corpus(tokens: Any, lengths: Any, name: str, lines: np.ndarray | No
         raise CorpusError(
             f"{name}: 'lengths' sum to {int(lengths.sum())} tokens but 'tokens' holds {tokens.shape[0]}"
         )
-    corpus = Corpus(tokens, lengths, name, lines)
+    corpus = Corpus(tokens, lengths, name, lines, loss_mask, prompt_lengths)
     if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
         bad = int(np.flatnonzero((tokens < 0) | (tokens > np.iinfo(np.int32).max))[0])
         document = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
@@ -129,7 +140,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def read_npz(path: Path) -> Corpus:
-    """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it)."""
+    """An ``.npz`` with the arrays ``tokens`` (1-d) and ``lengths`` (1-d, summing to it),
+    and optionally ``loss_mask`` (aligned with ``tokens``) or ``prompt_lengths``."""
     if not zipfile.is_zipfile(path):
         raise CorpusError(
             f"{path}: cannot read it as an .npz archive (not a zip file; an .npz is what numpy.savez writes)"
@@ -142,9 +154,10 @@ def read_npz(path: Path) -> Corpus:
                     f"{path}: expected arrays 'tokens' and 'lengths', found {sorted(archive.files)}"
                 )
             tokens, lengths = archive["tokens"], archive["lengths"]
+            masks = {key: archive[key] for key in ("loss_mask", "prompt_lengths") if key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise _load_error(path, "it as an .npz archive", exc) from None
-    return _checked_corpus(tokens, lengths, str(path))
+    return _checked_corpus(tokens, lengths, str(path), **masks)
 
 
 def read_npy(path: Path, lengths_path: Path | None) -> Corpus:
@@ -157,7 +170,7 @@ def read_npy(path: Path, lengths_path: Path | None) -> Corpus:
     return _checked_corpus(_load_npy(path, "tokens"), _load_npy(lengths_path, "lengths"), str(path))
 
 
-def _token_list(value: Any, field: str | None, where: str) -> list:
+def _token_list(value: Any, field: str | None, where: str, what: str = "token") -> list:
     if isinstance(value, dict):
         if field is None:
             raise CorpusError(
@@ -169,16 +182,29 @@ def _token_list(value: Any, field: str | None, where: str) -> list:
     if not isinstance(value, list) or not all(
         isinstance(token, int) and not isinstance(token, bool) for token in value
     ):
-        raise CorpusError(f"{where}: expected a list of integer token ids, got {str(value)[:60]}")
+        raise CorpusError(f"{where}: expected a list of integer {what} ids, got {str(value)[:60]}")
     return value
 
 
-def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+def _check_mask_options(field: str | None, prompt_field: str | None, mask_field: str | None) -> None:
+    if prompt_field is not None and mask_field is not None:
+        raise CorpusError("--prompt-field, --mask-field: expected at most one of them, got both")
+    if (prompt_field is not None or mask_field is not None) and field is None:
+        option = "--prompt-field" if prompt_field is not None else "--mask-field"
+        raise CorpusError(f"{option}: needs --field, the key or column of the tokens trained on")
+
+
+def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any], *, prompt_field: str | None = None,
+               mask_field: str | None = None) -> Corpus:
     """JSON lines: one document per line, a list of token ids or an object with ``field``.
 
-    Blank lines are skipped; ``.gz`` files are decompressed on the fly.
+    With ``prompt_field`` each object also holds the prompt's token list: the document is
+    the prompt followed by ``field``'s tokens, and the prompt is not trained on. With
+    ``mask_field`` it holds a 0/1 list aligned with ``field``'s tokens. Blank lines are
+    skipped; ``.gz`` files are decompressed on the fly.
     """
-    token_chunks, lengths, line_numbers = [], [], []
+    _check_mask_options(field, prompt_field, mask_field)
+    token_chunks, lengths, line_numbers, prompt_lengths, mask = [], [], [], [], []
     pending: list[int] = []
     try:
         with open(path, "rb") as raw, progress(
@@ -194,8 +220,19 @@ def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> C
                 except ValueError as exc:
                     raise CorpusError(f"{where}: not valid JSON ({exc})") from None
                 document = _token_list(value, field, where)
+                prompt = [] if prompt_field is None else _token_list(value, prompt_field, where)
+                if mask_field is not None:
+                    values = _token_list(value, mask_field, where, "mask (0/1)")
+                    if len(values) != len(document) or not all(v in (0, 1) for v in values):
+                        raise CorpusError(
+                            f"{where}: {mask_field!r} must hold 0 or 1 for each of the {len(document)} tokens of "
+                            f"{field!r}, got {str(values)[:60]}"
+                        )
+                    mask.extend(values)
+                pending.extend(prompt)
                 pending.extend(document)
-                lengths.append(len(document))
+                prompt_lengths.append(len(prompt))
+                lengths.append(len(prompt) + len(document))
                 line_numbers.append(number)
                 if len(pending) >= 1 << 20:  # bound the Python ints held at once
                     token_chunks.append(_int64_tokens(pending, path, lengths, line_numbers))
@@ -205,8 +242,11 @@ def read_jsonl(path: Path, field: str | None, progress: Callable[..., Any]) -> C
         raise CorpusError(f"{path}: cannot read it ({exc})") from None
     token_chunks.append(_int64_tokens(pending, path, lengths, line_numbers))
     tokens = np.concatenate(token_chunks)
-    return _checked_corpus(tokens, np.array(lengths, dtype=np.int64), str(path),
-                           np.array(line_numbers, dtype=np.int64))
+    return _checked_corpus(
+        tokens, np.array(lengths, dtype=np.int64), str(path), np.array(line_numbers, dtype=np.int64),
+        loss_mask=np.array(mask, dtype=np.int8) if mask_field is not None else None,
+        prompt_lengths=np.array(prompt_lengths, dtype=np.int64) if prompt_field is not None else None,
+    )
 
 
 def _int64_tokens(pending: list[int], path: Path, lengths: list[int], line_numbers: list[int]) -> np.ndarray:
@@ -222,11 +262,15 @@ def _int64_tokens(pending: list[int], path: Path, lengths: list[int], line_numbe
         ) from None
 
 
-def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) -> Corpus:
+def read_parquet(path: Path, field: str | None, progress: Callable[..., Any], *, prompt_field: str | None = None,
+                 mask_field: str | None = None) -> Corpus:
     """A Parquet column of integer lists (one document per row), read with pyarrow.
 
     ``field`` names the column; by default the file's only list-of-integers column.
+    ``prompt_field`` names a column of prompts read before ``field``'s tokens and not
+    trained on; ``mask_field`` a column of 0/1 lists aligned with ``field``'s lists.
     """
+    _check_mask_options(field, prompt_field, mask_field)
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -252,34 +296,70 @@ def read_parquet(path: Path, field: str | None, progress: Callable[..., Any]) ->
                 f"(list-of-integer columns: {candidates}, all columns: {schema.names})"
             )
         field = candidates[0]
-    elif field not in schema.names:
-        raise CorpusError(f"{path}: no column {field!r} (columns: {schema.names})")
-    elif field not in candidates:
-        raise CorpusError(
-            f"{path}: column {field!r} is {schema.field(field).type}, expected a list of integers"
-        )
-    token_chunks, length_chunks, rows_read = [], [], 0
+    columns = [name for name in (field, prompt_field, mask_field) if name is not None]
+    for name in columns:
+        if name not in schema.names:
+            raise CorpusError(f"{path}: no column {name!r} (columns: {schema.names})")
+        if name not in candidates:
+            raise CorpusError(f"{path}: column {name!r} is {schema.field(name).type}, expected a list of integers")
+    chunks: dict[str, tuple[list, list]] = {name: ([], []) for name in columns}  # (values, lengths) per column
+    rows_read = 0
     try:
         with progress(total=file.metadata.num_rows, unit="doc", unit_scale=True, desc="reading") as bar:
-            for batch in file.iter_batches(columns=[field], batch_size=65_536):
-                column = batch.column(0)
-                if column.null_count:
-                    raise CorpusError(f"{path}: column {field!r} has {column.null_count} null rows")
-                flat = column.flatten()
-                if flat.null_count:
-                    first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-                    offsets = column.offsets.to_numpy()
-                    row = rows_read + int(np.searchsorted(offsets - offsets[0], first, side="right")) - 1
-                    raise CorpusError(f"{path}: row {row} of column {field!r} holds a null token id")
-                length_chunks.append(pc.list_value_length(column).to_numpy().astype(np.int64))
-                token_chunks.append(flat.to_numpy())
-                rows_read += len(column)
-                bar.update(len(column))
+            for batch in file.iter_batches(columns=columns, batch_size=65_536):
+                for index, name in enumerate(columns):
+                    column = batch.column(index)
+                    if column.null_count:
+                        raise CorpusError(f"{path}: column {name!r} has {column.null_count} null rows")
+                    flat = column.flatten()
+                    if flat.null_count:
+                        first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+                        offsets = column.offsets.to_numpy()
+                        row = rows_read + int(np.searchsorted(offsets - offsets[0], first, side="right")) - 1
+                        raise CorpusError(f"{path}: row {row} of column {name!r} holds a null value")
+                    chunks[name][1].append(pc.list_value_length(column).to_numpy().astype(np.int64))
+                    chunks[name][0].append(flat.to_numpy())
+                rows_read += batch.num_rows
+                bar.update(batch.num_rows)
     except (OSError, pa.ArrowException) as exc:
-        raise CorpusError(f"{path}: cannot read column {field!r} ({exc})") from None
-    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
-    lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+        raise CorpusError(f"{path}: cannot read columns {columns} ({exc})") from None
+
+    def joined(name: str) -> tuple[np.ndarray, np.ndarray]:
+        values, lengths = chunks[name]
+        return (np.concatenate(values) if values else np.zeros(0, np.int64),
+                np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+
+    tokens, lengths = joined(field)
+    if mask_field is not None:
+        mask, mask_lengths = joined(mask_field)
+        if not np.array_equal(mask_lengths, lengths):
+            row = int(np.flatnonzero(mask_lengths != lengths)[0])
+            raise CorpusError(
+                f"{path}: row {row}: {mask_field!r} has {mask_lengths[row]} values for the {lengths[row]} tokens "
+                f"of {field!r}"
+            )
+        return _checked_corpus(tokens, lengths, str(path), loss_mask=mask)
+    if prompt_field is not None:
+        prompts, prompt_lengths = joined(prompt_field)
+        tokens, lengths = _prompt_then_tokens(prompts, prompt_lengths, tokens, lengths)
+        return _checked_corpus(tokens, lengths, str(path), prompt_lengths=prompt_lengths)
     return _checked_corpus(tokens, lengths, str(path))
+
+
+def _prompt_then_tokens(prompts: np.ndarray, prompt_lengths: np.ndarray, tokens: np.ndarray,
+                        lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's prompt followed by its tokens, back to back: (tokens, lengths)."""
+    total = prompt_lengths + lengths
+    starts = np.cumsum(total) - total  # where each document starts in the joined stream
+    joined = np.empty(int(total.sum()), dtype=np.result_type(prompts, tokens))
+
+    def place(values: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> None:
+        within = np.arange(values.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
+        joined[np.repeat(offsets, counts) + within] = values
+
+    place(prompts, prompt_lengths, starts)
+    place(tokens, lengths, starts + prompt_lengths)
+    return joined, total
 
 
 def _check_file(path: Path) -> None:
@@ -292,13 +372,22 @@ def _check_file(path: Path) -> None:
 
 
 def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
-                progress: Callable[..., Any]) -> Corpus:
+                progress: Callable[..., Any], prompt_field: str | None = None,
+                mask_field: str | None = None) -> Corpus:
     """Reads a corpus by its file suffix: .npz, .npy (+ lengths), JSON lines or Parquet;
     xbatch corpus directories, Arrow, Megatron .bin/.idx and ArrayRecord files through
-    :func:`xbatch.sources.open_corpus` (memory-mapped where the format allows)."""
+    :func:`xbatch.sources.open_corpus` (memory-mapped where the format allows).
+
+    ``prompt_field`` / ``mask_field`` (JSON lines and Parquet): see :func:`read_jsonl`.
+    """
     from .sources.open import is_source_path
 
     if is_source_path(path):
+        if prompt_field is not None or mask_field is not None:
+            raise CorpusError(
+                f"{path}: --prompt-field and --mask-field read JSON lines or Parquet files, not "
+                "xbatch.sources formats yet"
+            )
         return read_source_corpus(path, field)
     _check_file(path)
     name = path.name.lower()
@@ -306,14 +395,19 @@ def read_corpus(path: Path, *, field: str | None, lengths_path: Path | None,
         raise CorpusError(
             f"{path}: --lengths goes only with a .npy of tokens; this file holds its documents' lengths itself"
         )
+    if (prompt_field is not None or mask_field is not None) and not name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+        raise CorpusError(
+            f"{path}: --prompt-field and --mask-field read JSON lines or Parquet; an .npz carries the arrays "
+            "'loss_mask' or 'prompt_lengths' itself"
+        )
     if name.endswith(NPZ_SUFFIXES):
         return read_npz(path)
     if name.endswith(NPY_SUFFIXES):
         return read_npy(path, lengths_path)
     if name.endswith(JSONL_SUFFIXES):
-        return read_jsonl(path, field, progress)
+        return read_jsonl(path, field, progress, prompt_field=prompt_field, mask_field=mask_field)
     if name.endswith(PARQUET_SUFFIXES):
-        return read_parquet(path, field, progress)
+        return read_parquet(path, field, progress, prompt_field=prompt_field, mask_field=mask_field)
     suffixes = NPZ_SUFFIXES + NPY_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
     raise CorpusError(f"{path}: unknown corpus format; expected a file ending in one of {suffixes}")
 

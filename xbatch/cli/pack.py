@@ -17,7 +17,7 @@ from .._atomic import atomic_output
 from ..compare import _in_process_read_options
 from ..corpus import SYNTHETIC_EOD, Corpus, read_corpus, synthetic_corpus
 from ..packing.pieces import BULK_ALGORITHMS, LONG_DOCUMENTS, SHIFTS
-from .common import CommandError, bins, check_rows_fit, progress_factory, rate, row_length, token_id
+from .common import CommandError, bins, check_rows_fit, positive_int, progress_factory, rate, row_length, token_id
 
 # Documents per ragged chunk handed to the streaming packer (one progress-bar step).
 CHUNK_DOCUMENTS = 4_096
@@ -45,6 +45,8 @@ class PackOptions:
     algorithm: str
     long_documents: str
     shift: str
+    train_on_eod: bool = True
+    max_documents_per_row: int | None = None
 
     @property
     def streams(self) -> bool:
@@ -67,20 +69,27 @@ def pack_corpus(corpus: Corpus, options: PackOptions, progress: Callable[..., An
 
     arguments = dataclasses.asdict(options)
     if not options.streams or not _installed("grain"):  # the same rows without grain
-        batch, stats = pack_documents(corpus.tokens, corpus.lengths, **arguments, return_stats=True)
+        batch, stats = pack_documents(corpus.tokens, corpus.lengths, **arguments, loss_mask=corpus.loss_mask,
+                                      prompt_lengths=corpus.prompt_lengths, return_stats=True)
         return {name: getattr(batch, name) for name in ROW_FIELDS}, stats
     import grain
 
     from ..packing import LLMPackIterDataset
 
     offsets = np.concatenate([[0], np.cumsum(corpus.lengths)])
-    chunks = [
-        {
-            "tokens": corpus.tokens[offsets[start]:offsets[min(start + CHUNK_DOCUMENTS, corpus.num_documents)]],
-            "lengths": corpus.lengths[start:start + CHUNK_DOCUMENTS],
-        }
-        for start in range(0, corpus.num_documents, CHUNK_DOCUMENTS)
-    ]
+    if corpus.loss_mask is not None and corpus.loss_mask.shape != corpus.tokens.shape:
+        raise CommandError(  # a chunk's slice would hide the mismatch
+            f"loss_mask: expected one value per token, shape {corpus.tokens.shape}, got {corpus.loss_mask.shape}"
+        )
+    chunks = []
+    for start in range(0, corpus.num_documents, CHUNK_DOCUMENTS):
+        stop = min(start + CHUNK_DOCUMENTS, corpus.num_documents)
+        chunk = {"tokens": corpus.tokens[offsets[start]:offsets[stop]], "lengths": corpus.lengths[start:stop]}
+        if corpus.loss_mask is not None:
+            chunk["loss_mask"] = corpus.loss_mask[offsets[start]:offsets[stop]]
+        if corpus.prompt_lengths is not None:
+            chunk["prompt_lengths"] = corpus.prompt_lengths[start:stop]
+        chunks.append(chunk)
     parent = grain.MapDataset.source(chunks).to_iter_dataset(_in_process_read_options())
     iterator = iter(LLMPackIterDataset(parent, **arguments))
     # Rows are written straight into arrays sized for the most rows possible (one per
@@ -164,6 +173,8 @@ def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, outpu
         f"packed {corpus.num_documents:,} documents ({corpus.num_tokens:,} tokens) from {corpus.name}",
         f"  rows                {stats.rows:,} of {options.seq_len:,} tokens ({options.algorithm}, {bins_text})",
         f"  fill ratio          {percent(stats.fill_ratio)} (document and EOD tokens / row capacity)",
+        f"  loss tokens         {stats.loss_tokens:,} ({percent(stats.loss_ratio)} of the tokens placed are "
+        "targets trained on)",
         f"  documents split     {stats.documents_split:,} (long_documents={options.long_documents})",
         f"  tokens truncated    {stats.tokens_truncated:,}",
         f"  speed               {rate(corpus.num_documents, seconds, 'documents')}, "
@@ -171,6 +182,8 @@ def summarize(corpus: Corpus, options: PackOptions, stats, seconds: float, outpu
         + (" and collecting the rows)" if output is not None else ")"),
         f"  backend             {_backend.BACKEND}",
     ]
+    if options.max_documents_per_row is not None:
+        lines.insert(3, f"  documents per row   at most {options.max_documents_per_row:,} (--max-documents-per-row)")
     if output is not None:
         lines.append(f"  written to          {output}")
     return "\n".join(lines)
@@ -193,13 +206,16 @@ def run(args: argparse.Namespace, out) -> None:
     if args.corpus is None:
         if args.num_documents < 1:
             raise CommandError(f"--num-documents: expected an integer >= 1, got {args.num_documents}")
+        if args.prompt_field or args.mask_field:
+            raise CommandError("--prompt-field, --mask-field: need a CORPUS file (JSON lines or Parquet)")
         corpus = synthetic_corpus(args.num_documents, seed=args.seed)
         eod = SYNTHETIC_EOD if args.eod is None else args.eod
     else:
         if args.eod is None:
             raise CommandError("--eod: required with a corpus file (your tokenizer's end-of-document id)")
         lengths_path = Path(args.lengths) if args.lengths is not None else None
-        corpus = read_corpus(Path(args.corpus), field=args.field, lengths_path=lengths_path, progress=progress)
+        corpus = read_corpus(Path(args.corpus), field=args.field, lengths_path=lengths_path, progress=progress,
+                             prompt_field=args.prompt_field, mask_field=args.mask_field)
         eod = args.eod
     options = PackOptions(
         seq_len=args.seq_len,
@@ -209,6 +225,8 @@ def run(args: argparse.Namespace, out) -> None:
         algorithm=args.algorithm,
         long_documents=args.long_documents,
         shift=args.shift,
+        train_on_eod=not args.no_eod_loss,
+        max_documents_per_row=args.max_documents_per_row,
     )
     if options.algorithm.endswith("_decreasing") and options.num_packing_bins is not None:
         raise CommandError(
@@ -260,6 +278,17 @@ def add_parser(commands) -> None:
     pack.add_argument("--shift", choices=SHIFTS, default="inputs",
                       help="shift the inputs right (the LLMBatch layout) or the targets left (default inputs)")
     pack.add_argument("--field", help="JSONL object key or Parquet column holding the token lists")
+    pack.add_argument("--prompt-field",
+                      help="JSONL key or Parquet column of prompt token lists: each document is its prompt "
+                      "followed by --field's tokens, and the prompt is not trained on (targets_segmentation 0)")
+    pack.add_argument("--mask-field",
+                      help="JSONL key or Parquet column of 0/1 lists aligned with --field's tokens: 1 where a "
+                      "token is trained on (an .npz carries an array 'loss_mask' or 'prompt_lengths' instead)")
+    pack.add_argument("--no-eod-loss", action="store_true",
+                      help="do not train on the end-of-document targets (default: trained on)")
+    pack.add_argument("--max-documents-per-row", type=positive_int, default=None,
+                      help="at most this many documents (pieces) per row, for attention kernels with a static "
+                      "segment count (default: no cap)")
     pack.add_argument("--lengths", help="the .npy of per-document lengths that goes with a .npy of tokens")
     pack.add_argument("--num-documents", type=int, default=20_000,
                       help="documents in the built-in corpus (default 20,000)")
