@@ -100,7 +100,7 @@ def test_mask_options_errors(tmp_path, capsys):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text(json.dumps({"ids": [1, 2, 3], "mask": [1, 0], "p": [4]}) + "\n")
     cases = [
-        (["--field", "ids", "--mask-field", "mask"], "'mask' has 2 values for the 3 tokens of 'ids'"),
+        (["--field", "ids", "--mask-field", "mask"], "c.jsonl:1: 'mask' must hold 0 or 1 for each of the 3 tokens"),
         (["--prompt-field", "p"], "--prompt-field: needs --field"),
         (["--field", "ids", "--prompt-field", "p", "--mask-field", "mask"], "at most one"),
         (["--field", "ids", "--prompt-field", "q"], "no field 'q'"),
@@ -115,6 +115,14 @@ def test_mask_options_errors(tmp_path, capsys):
     assert status == 1 and "concat_then_split" in err
     jsonl.write_text(json.dumps({"ids": [1, 2], "mask": [1, 2]}) + "\n")
     status, _, err = run(["pack", str(jsonl), "--field", "ids", "--mask-field", "mask", *PACK_ARGS], capsys)
-    assert status == 1 and "loss_mask: expected 0 or 1 per token, got 2 at token 1" in err
+    assert status == 1 and "c.jsonl:1: 'mask' must hold 0 or 1" in err
+    npz = tmp_path / "c.npz"
+    np.savez(npz, tokens=[1, 2, 3], lengths=[3], loss_mask=[1, 2, 0])
+    for bins in ("3", "all"):  # streaming and bulk
+        status, _, err = run(["pack", str(npz), *PACK_ARGS, "--bins", bins], capsys)
+        assert status == 1 and "loss_mask: expected 0 or 1 per token, got 2 at token 1" in err, err
+    np.savez(npz, tokens=[1, 2, 3], lengths=[3], prompt_lengths=[4])
+    status, _, err = run(["pack", str(npz), *PACK_ARGS], capsys)
+    assert status == 1 and "prompt_lengths: expected 0 <= prompt length <= document length" in err, err
     status, _, err = run(["pack", "--mask-field", "m", "--no-progress"], capsys)
     assert status == 1 and "need a CORPUS file" in err
