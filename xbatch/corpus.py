@@ -316,7 +316,7 @@ def read_parquet(path: Path, field: str | None, progress: Callable[..., Any], *,
                         first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
                         offsets = column.offsets.to_numpy()
                         row = rows_read + int(np.searchsorted(offsets - offsets[0], first, side="right")) - 1
-                        raise CorpusError(f"{path}: row {row} of column {name!r} holds a null value")
+                        raise CorpusError(f"{path}: row {row} of column {name!r} holds a null token id")
                     chunks[name][1].append(pc.list_value_length(column).to_numpy().astype(np.int64))
                     chunks[name][0].append(flat.to_numpy())
                 rows_read += batch.num_rows
