@@ -321,28 +321,31 @@ def attention_metadata(segmentation, max_segments, out_lengths, out_offsets, out
     column -1), else the first run start in row-major order that breaks a rule: 1 when it
     is segment ``max_segments + 1`` of its row, 2 when its id is not its run number.
     """
-    previous = np.zeros_like(segmentation)
-    previous[:, 1:] = segmentation[:, :-1]
-    following = np.zeros_like(segmentation)
-    following[:, :-1] = segmentation[:, 1:]
-    nonzero = segmentation != 0
-    starts = nonzero & (segmentation != previous)
-    ends = nonzero & (segmentation != following)
-    run = np.cumsum(starts, axis=1)  # each cell's run number within its row
-    bad = starts & ((segmentation != run) | (run > max_segments))
+    length = segmentation.shape[1]
+    flat = segmentation.reshape(-1)
+    # Runs of equal cells, cut at every row start: a few passes over the tokens, then
+    # work per run only.
+    change = np.ones(flat.shape, dtype=bool)
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::max(length, 1)] = True
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], flat.size)
+    keep = flat[starts] != 0
+    starts, ends = starts[keep], ends[keep]
+    values = flat[starts]
+    row, column = np.divmod(starts, max(length, 1))
+    # Runs are in row-major order: a run's number is its index minus its row's first.
+    number = np.arange(1, len(starts) + 1) - np.searchsorted(row, row, side="left")
+    bad = (values != number) | (number > max_segments)
     if bad.any():
-        row, column = divmod(int(np.argmax(bad.reshape(-1))), segmentation.shape[1])
-        status = 2 if segmentation[row, column] != run[row, column] else 1
-        return status, row, column, 0
-    # Valid runs are contiguous and numbered in order, so starts and ends pair up.
-    start_rows, start_columns = np.nonzero(starts)
-    _, end_columns = np.nonzero(ends)
-    lengths = end_columns - start_columns + 1
-    slots = run[start_rows, start_columns] - 1
+        i = int(np.argmax(bad))
+        status = 2 if values[i] != number[i] else 1
+        return status, int(row[i]), int(column[i]), 0
+    lengths = ends - starts
     out_lengths.fill(-1)
-    out_lengths[start_rows, slots] = lengths
+    out_lengths[row, number - 1] = lengths
     out_offsets.fill(-1)
-    out_offsets[start_rows, slots] = start_columns
+    out_offsets[row, number - 1] = column
     total = np.cumsum(lengths)
     out_cu_seqlens[0] = 0
     out_cu_seqlens[1 : len(total) + 1] = total
