@@ -262,6 +262,18 @@ def test_error_mode_names_document_and_length(backend):
     assert len(pack_documents(*_flat([list(range(7))]), seq_len=8, eod_token_id=E, long_documents="error").targets) == 1
 
 
+@pytest.mark.parametrize("algorithm", ["first_fit", "concat_then_split", "rolling_best_fit"])
+def test_error_mode_names_the_corpus_index_of_a_shuffled_chunk_document(backend, algorithm):
+    from xbatch.sources import Corpus, DocumentChunkIterDataset
+
+    docs = [[1, 2]] * 40
+    docs[29] = list(range(8))  # the only document too long for seq_len=8
+    chunks = DocumentChunkIterDataset(Corpus.from_documents(docs), documents_per_chunk=16, seed=3)
+    with pytest.raises(ValueError, match=r"document 29 of the corpus has 8 tokens"):
+        list(LLMPackIterDataset(chunks, seq_len=8, num_packing_bins=2, eod_token_id=E, algorithm=algorithm,
+                                long_documents="error"))
+
+
 # Checkpoints, pickling, worker processes -----------------------------------------------
 
 @pytest.mark.parametrize("ragged", [False, True])

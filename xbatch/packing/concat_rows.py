@@ -43,7 +43,8 @@ class Cells:
 
 
 def document_cells(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int,
-                   long_documents: str, source: str = "lengths") -> Cells:
+                   long_documents: str, source: str = "lengths",
+                   document_ids: np.ndarray | None = None) -> Cells:
     """The documents with their EOD back to back.
 
     ``"split"`` keeps every document whole (the row borders cut it); ``"truncate"``
@@ -56,7 +57,8 @@ def document_cells(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod
         truncated = np.zeros(lengths.shape[0], np.int64)
     else:  # one piece per document: truncated, or an error for a long one
         pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                                 long_documents=long_documents, source=source)
+                                 long_documents=long_documents, source=source,
+                                 document_ids=document_ids)
         stream, cells, truncated = pieces.tokens, pieces.lengths[:, 0], pieces.truncated
     return Cells(stream, np.cumsum(cells, dtype=np.int64), truncated)
 

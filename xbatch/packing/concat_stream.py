@@ -12,7 +12,7 @@ import numpy as np
 from . import checkpoint
 from .buffers import BufferPool
 from .concat_rows import Cells, add_row_stats, cut_rows, document_cells, lay_out
-from .pieces import as_lengths, as_tokens, refuse_loss_masks
+from .pieces import as_lengths, as_tokens, chunk_source, refuse_loss_masks
 from .stats import PackingStats
 
 
@@ -133,10 +133,10 @@ class ConcatRowsIterator(grain.DatasetIterator):
                 )
             tokens = as_tokens("tokens", element["tokens"])
             lengths = as_lengths(element["lengths"], tokens.shape[0])
-            source = "the ragged chunk"
+            source, document_ids = chunk_source(element, lengths.shape[0])
         else:
             tokens = as_tokens("document", element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
-            source = "the parent element (a single document)"
+            source, document_ids = "the parent element (a single document)", None
         return document_cells(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                              long_documents=options.long_documents, source=source)
+                              long_documents=options.long_documents, source=source, document_ids=document_ids)

@@ -27,6 +27,7 @@ from .pieces import (
     as_tokens,
     check_choice,
     check_token_id,
+    chunk_source,
     document_pieces,
     cell_loss_mask,
     lay_out_rows,
@@ -406,14 +407,16 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
             lengths = as_lengths(element["lengths"], tokens.shape[0])
             mask = cell_loss_mask(lengths, element.get("loss_mask"), element.get("prompt_lengths"),
                                   eod_loss=int(options.train_on_eod))
-            source = "the ragged chunk"
+            source, document_ids = chunk_source(element, lengths.shape[0])
         else:
+            document_ids = None
             tokens, document_mask = element if isinstance(element, tuple) else _document(element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
             mask = cell_loss_mask(lengths, document_mask, eod_loss=int(options.train_on_eod))
             source = "the parent element (a single document)"
         return document_pieces(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                               long_documents=options.long_documents, source=source, cell_mask=mask)
+                               long_documents=options.long_documents, source=source, cell_mask=mask,
+                               document_ids=document_ids)
 
     def _close_window(self, next_parent_state: Any, next_piece: int) -> None:
         """Packs the window's rows; the next window starts at ``next_piece`` of the element

@@ -24,7 +24,7 @@ inputs segmentation and positions do not change (see :func:`llm_fields`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -228,8 +228,24 @@ def cell_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: A
     return np.repeat(values, runs.reshape(-1))
 
 
+def chunk_source(chunk: Mapping[str, Any], num_documents: int) -> tuple[str, np.ndarray | None]:
+    """(source, document_ids) naming a ragged chunk's documents in error messages.
+
+    A chunk with a ``"documents"`` key (the corpus indices ``xbatch.sources`` chunks carry)
+    names each document by its index in the whole corpus; otherwise by its position in
+    the chunk.
+    """
+    documents = chunk.get("documents")
+    if documents is not None:
+        documents = np.asarray(documents)
+        if documents.shape == (num_documents,) and documents.dtype.kind in "iu":
+            return "the corpus", documents
+    return "the ragged chunk", None
+
+
 def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int,
-                    long_documents: str, source: str = "lengths", cell_mask: np.ndarray | None = None) -> Pieces:
+                    long_documents: str, source: str = "lengths", cell_mask: np.ndarray | None = None,
+                    document_ids: np.ndarray | None = None) -> Pieces:
     """Cuts documents given back to back into EOD-terminated pieces of at most ``seq_len``.
 
     Args:
@@ -239,6 +255,8 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
       eod_token_id: appended to every document.
       long_documents: ``"split"``, ``"truncate"`` or ``"error"`` (see the module docstring).
       source: names where the documents come from in the ``"error"`` message.
+      document_ids: the documents' indices in ``source`` for that message (e.g. corpus
+        indices, see :func:`chunk_source`); by default their positions in ``lengths``.
       cell_mask: int32[sum(lengths) + documents] of 0/1, each document's mask followed by
         its EOD's (see :func:`cell_loss_mask`), or None: every cell is trained on.
 
@@ -257,8 +275,9 @@ def document_pieces(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eo
                        np.zeros(num_documents, np.int64), num_documents, mask)
     if long_documents == "error":
         first = int(np.flatnonzero(too_long)[0])
+        name = first if document_ids is None else int(document_ids[first])
         raise ValueError(
-            f"long_documents='error': document {first} of {source} has {lengths[first]} tokens, which with its "
+            f"long_documents='error': document {name} of {source} has {lengths[first]} tokens, which with its "
             f"EOD exceed seq_len={seq_len}; use long_documents='split' or 'truncate'"
         )
     if long_documents == "truncate":

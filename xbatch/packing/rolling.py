@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import kernels
 from .._checks import positive_int
-from .pieces import Pieces, as_lengths, as_tokens, document_pieces, lay_out_rows, refuse_loss_masks
+from .pieces import Pieces, as_lengths, as_tokens, chunk_source, document_pieces, lay_out_rows, refuse_loss_masks
 from .stats import PackingStats
 
 
@@ -190,10 +190,10 @@ def element_pieces(element: Any, *, seq_len: int, eod_token_id: int, long_docume
             )
         tokens = as_tokens("tokens", element["tokens"])
         lengths = as_lengths(element["lengths"], tokens.shape[0])
-        source = "the ragged chunk"
+        source, document_ids = chunk_source(element, lengths.shape[0])
     else:
         tokens = as_tokens("document", element)
         lengths = np.array([tokens.shape[0]], dtype=np.int64)
-        source = "the parent element (a single document)"
+        source, document_ids = "the parent element (a single document)", None
     return document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                           long_documents=long_documents, source=source)
+                           long_documents=long_documents, source=source, document_ids=document_ids)
