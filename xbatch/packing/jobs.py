@@ -10,6 +10,7 @@ piece); the merged index holds 16 bytes per piece plus 8 per row.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 from typing import Any
 
@@ -56,7 +57,9 @@ def build_index(lengths: Any, *, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
         parts = [_pack_range(lengths[a:b], a, arguments) for a, b in ranges]
     elif engine == "processes":
         workers = (os.cpu_count() or 1) if workers is None else positive_int("workers", workers)
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(ranges))) as pool:
+        # "spawn": forking a process that runs JAX or other threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(ranges)), mp_context=context) as pool:
             parts = list(pool.map(_pack_range, [lengths[a:b] for a, b in ranges], [a for a, _ in ranges],
                                   [arguments] * len(ranges)))
     else:
