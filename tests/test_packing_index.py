@@ -154,8 +154,8 @@ def test_empty_documents_and_empty_corpus():
     assert len(empty) == 0 and empty.stats.rows == 0
 
 
-@pytest.mark.parametrize("arguments", ARGUMENT_CASES[:2])
-def test_process_pool_gives_the_serial_index(arguments):
+def test_process_pool_gives_the_serial_index():
+    arguments = dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=4)
     _, lengths, _ = corpus(10, 2000)
     serial = build_index(lengths, shard_documents=300, **arguments)
     pooled = build_index(lengths, shard_documents=300, engine="processes", workers=2, **arguments)
