@@ -31,7 +31,7 @@ def corpus(seed: int, num_documents: int, max_length: int = 40, vocab: int = 100
 
 
 ARGUMENT_CASES = [
-    dict(seq_len=16, eod_token_id=1001, pad_token_id=-1),
+    dict(seq_len=16, eod_token_id=1001, pad_token_id=1002),
     dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=4),
     dict(seq_len=9, eod_token_id=7, long_documents="truncate", shift="targets"),
     dict(seq_len=9, eod_token_id=7, algorithm="first_fit_decreasing", max_documents_per_row=2),
