@@ -191,3 +191,13 @@ def test_bad_job_arguments_are_named():
         build_index([1, 2], algorithm="concat_then_split", seq_len=4, eod_token_id=0)
     with pytest.raises(ValueError, match="shard_documents"):
         build_index([1, 2], shard_documents=0, seq_len=4, eod_token_id=0)
+
+
+def test_a_corpus_from_xbatch_sources_packs_and_serves_rows():
+    from xbatch.sources import Corpus
+
+    tokens, lengths, offsets = corpus(12, 150)
+    source = Corpus.from_arrays(tokens, offsets=offsets)
+    index = build_index(source, seq_len=16, eod_token_id=3)
+    expected = pack_documents(tokens, lengths, seq_len=16, eod_token_id=3)
+    assert np.array_equal(_all_rows(PackedRows.from_corpus(source, index))["inputs"], expected.inputs)

@@ -39,7 +39,8 @@ def build_index(lengths: Any, *, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
     """Packs the documents with these ``lengths`` into one index, shard by shard.
 
     Args:
-      lengths: int[documents], tokens per document (e.g. ``np.diff(offsets)``).
+      lengths: int[documents], tokens per document (e.g. ``np.diff(offsets)``), or an
+        :class:`xbatch.sources.Corpus` (its ``lengths()``).
       shard_documents: documents per shard; rows never span shards, so the rows equal
         ``pack_documents`` over each shard in turn (over the whole corpus with one shard).
       engine: ``"serial"`` (this process), ``"processes"`` (a local process pool) or
@@ -51,6 +52,8 @@ def build_index(lengths: Any, *, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
     arguments = index_arguments(**arguments)
+    if callable(getattr(lengths, "lengths", None)):  # a Corpus
+        lengths = lengths.lengths()
     lengths = document_lengths(lengths)
     ranges = shard_ranges(lengths.shape[0], shard_documents)
     if engine == "serial":

@@ -68,6 +68,12 @@ class PackedRows:
         self.seq_len = int(arguments["seq_len"])
         self._eod, self._pad, self._shift = arguments["eod_token_id"], arguments["pad_token_id"], arguments["shift"]
 
+    @classmethod
+    def from_corpus(cls, corpus: Any, index: PackingIndex, *, verify: bool = True) -> PackedRows:
+        """Rows of ``index`` over an :class:`xbatch.sources.Corpus` with one contiguous shard
+        (e.g. from ``open_corpus``); its tokens stay memory-mapped."""
+        return cls(corpus.tokens, corpus.offsets, index, verify=verify)
+
     def __len__(self) -> int:
         return self.index.num_rows
 
