@@ -1,0 +1,203 @@
+"""Tests for the packing index, rows on demand, and the shard-parallel packing jobs."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+
+from xbatch.packing import pack_documents
+from xbatch.packing.index import (
+    document_cells,
+    load_index,
+    merge_stats,
+    pack_shard,
+    save_index,
+)
+from xbatch.packing.jobs import build_index
+from xbatch.packing.packed_rows import FIELDS, PackedRows
+from xbatch.packing.pieces import document_pieces
+
+
+def corpus(seed: int, num_documents: int, max_length: int = 40, vocab: int = 1000):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, max_length, num_documents)
+    tokens = rng.integers(0, vocab, int(lengths.sum())).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return tokens, lengths, offsets
+
+
+ARGUMENT_CASES = [
+    dict(seq_len=16, eod_token_id=1001, pad_token_id=1002),
+    dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=4),
+    dict(seq_len=9, eod_token_id=7, long_documents="truncate", shift="targets"),
+    dict(seq_len=9, eod_token_id=7, algorithm="first_fit_decreasing", max_documents_per_row=2),
+    dict(seq_len=32, eod_token_id=5, algorithm="best_fit_decreasing", shift="targets"),
+    dict(seq_len=8, eod_token_id=3, num_packing_bins=1, pad_token_id=9),
+]
+
+
+def _all_rows(rows: PackedRows) -> dict:
+    return rows.read_rows(np.arange(len(rows)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arguments", ARGUMENT_CASES)
+def test_rows_on_demand_equal_pack_documents(seed, arguments):
+    tokens, lengths, offsets = corpus(seed, 300)
+    expected, stats = pack_documents(tokens, lengths, return_stats=True, **arguments)
+    index = build_index(lengths, **arguments)
+    assert index.stats == stats
+    rows = _all_rows(PackedRows(tokens, offsets, index))
+    for field in FIELDS:
+        np.testing.assert_array_equal(rows[field], getattr(expected, field), err_msg=field)
+    # Single rows, in a random order, equal the bulk rows too.
+    for row in np.random.default_rng(seed).permutation(len(index))[:20]:
+        single = PackedRows(tokens, offsets, index)[int(row)]
+        assert all(np.array_equal(single[f], getattr(expected, f)[row]) for f in FIELDS)
+
+
+@pytest.mark.parametrize("arguments", ARGUMENT_CASES[:3])
+def test_shards_pack_like_pack_documents_per_shard_and_stats_merge_exactly(arguments):
+    tokens, lengths, offsets = corpus(4, 500)
+    index = build_index(lengths, shard_documents=120, **arguments)
+    assert [s["first_document"] for s in index.shards] == [0, 120, 240, 360, 480]
+    rows = _all_rows(PackedRows(tokens, offsets, index))
+    expected, stats = [], []
+    for first in range(0, 500, 120):
+        part = slice(offsets[first], offsets[min(first + 120, 500)])
+        batch, stat = pack_documents(tokens[part], lengths[first:first + 120], return_stats=True, **arguments)
+        expected.append(batch)
+        stats.append(stat)
+    for field in FIELDS:
+        np.testing.assert_array_equal(rows[field], np.concatenate([getattr(b, field) for b in expected]))
+    assert index.stats == merge_stats(stats)
+    assert [s["rows"] for s in index.shards] == [s.rows for s in stats]
+
+
+def test_document_cells_equal_document_pieces():
+    tokens, lengths, _ = corpus(5, 400, max_length=60)
+    for long_documents in ("split", "truncate"):
+        pieces = document_pieces(tokens, lengths, seq_len=13, eod_token_id=0, long_documents=long_documents)
+        document, start, length, truncated, split = document_cells(lengths, seq_len=13,
+                                                                   long_documents=long_documents)
+        np.testing.assert_array_equal(length, pieces.lengths[:, 0])
+        np.testing.assert_array_equal(start == 0, pieces.starts_document)
+        assert (truncated, split) == (int(pieces.truncated.sum()), int(pieces.starts_split_document.sum()))
+        assert np.array_equal(np.bincount(document, minlength=400) > 0, np.ones(400, bool))
+    with pytest.raises(ValueError, match="document 0 has 20 tokens"):
+        pack_shard([20], seq_len=8, eod_token_id=0, long_documents="error")
+
+
+def test_save_load_round_trip_is_atomic_and_memory_mapped(tmp_path):
+    tokens, lengths, offsets = corpus(6, 200)
+    index = build_index(lengths, shard_documents=64, seq_len=16, eod_token_id=1)
+    path = save_index(index, tmp_path / "index")
+    save_index(index, tmp_path / "index")  # replaces the old one as a whole
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    assert sorted(os.listdir(path)) == sorted(["manifest.json", "piece_document.npy", "piece_length.npy",
+                                               "piece_start.npy", "row_offsets.npy"])
+    loaded = load_index(path)
+    assert isinstance(loaded.piece_document, np.memmap)
+    assert loaded.stats == index.stats and loaded.shards == index.shards and loaded.corpus == index.corpus
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["corpus"]["num_documents"] == 200 and manifest["arguments"]["seq_len"] == 16
+    a, b = _all_rows(PackedRows(tokens, offsets, loaded)), _all_rows(PackedRows(tokens, offsets, index))
+    assert all(np.array_equal(a[f], b[f]) for f in FIELDS)
+    # 16 bytes per piece and 8 per row: never the rows.
+    assert index.nbytes == 16 * index.stats.pieces + 8 * (index.stats.rows + 1)
+
+
+def test_a_wrong_corpus_or_a_damaged_index_is_refused():
+    tokens, lengths, offsets = corpus(7, 100)
+    index = build_index(lengths, seq_len=16, eod_token_id=1)
+    other_tokens, _, other_offsets = corpus(8, 100)
+    with pytest.raises(ValueError, match="100 documents of"):
+        PackedRows(other_tokens, other_offsets, index)
+    swapped = offsets.copy()
+    swapped[1:-1] = np.sort(np.random.default_rng(0).integers(0, len(tokens), 99))
+    with pytest.raises(ValueError, match="another corpus"):
+        PackedRows(tokens, swapped, index)
+    damaged = dataclasses.replace(index, piece_length=index.piece_length.copy(), corpus={})
+    damaged.piece_length[0] = 17
+    with pytest.raises(ValueError, match="lengths in 1..seq_len=16"):
+        PackedRows(tokens, offsets, damaged)
+    damaged = dataclasses.replace(index, piece_start=index.piece_start + 5, corpus={})
+    with pytest.raises(ValueError, match="runs past its document"):
+        PackedRows(tokens, offsets, damaged)
+    with pytest.raises(IndexError, match="out of range"):
+        PackedRows(tokens, offsets, index).read_rows([len(index)])
+
+
+def test_grain_map_dataset_shuffles_and_slices_the_rows():
+    tokens, lengths, offsets = corpus(9, 300)
+    index = build_index(lengths, seq_len=16, eod_token_id=1)
+    rows = PackedRows(tokens, offsets, index)
+    everything = _all_rows(rows)
+    ds = grain.MapDataset.source(rows).shuffle(seed=3)
+    order = [int(np.flatnonzero((everything["targets"] == r["targets"]).all(1)
+                                & (everything["inputs"] == r["inputs"]).all(1))[0]) for r in ds]
+    assert sorted(order) == list(range(len(rows)))
+    assert [int(i) for i in order] != list(range(len(rows)))
+    assert np.array_equal(ds[5]["targets"], ds.slice(slice(5, None))[0]["targets"])
+
+
+def test_empty_documents_and_empty_corpus():
+    tokens, lengths, offsets = np.zeros(0, np.int32), np.zeros(5, np.int64), np.zeros(6, np.int64)
+    index = build_index(lengths, seq_len=4, eod_token_id=9)
+    expected = pack_documents(tokens, lengths, seq_len=4, eod_token_id=9)
+    assert np.array_equal(_all_rows(PackedRows(tokens, offsets, index))["targets"], expected.targets)
+    empty = build_index(np.zeros(0, np.int64), seq_len=4, eod_token_id=9)
+    assert len(empty) == 0 and empty.stats.rows == 0
+
+
+def test_process_pool_gives_the_serial_index():
+    arguments = dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=4)
+    _, lengths, _ = corpus(10, 2000)
+    serial = build_index(lengths, shard_documents=300, **arguments)
+    pooled = build_index(lengths, shard_documents=300, engine="processes", workers=2, **arguments)
+    _assert_same_index(pooled, serial)
+
+
+def _assert_same_index(a, b):
+    for name in ("piece_document", "piece_start", "piece_length", "row_offsets"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert getattr(a, name).dtype == getattr(b, name).dtype
+    assert (a.stats, a.shards, a.corpus, a.arguments) == (b.stats, b.shards, b.corpus, b.arguments)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason='Ray is not installed (optional extra: pip install "xbatch[ray]")')
+def test_ray_gives_the_serial_index():
+    import ray
+
+    _, lengths, _ = corpus(11, 2000)
+    arguments = dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=8)
+    serial = build_index(lengths, shard_documents=300, **arguments)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _assert_same_index(build_index(lengths, shard_documents=300, engine="ray", **arguments), serial)
+    finally:
+        ray.shutdown()
+
+
+def test_bad_job_arguments_are_named():
+    with pytest.raises(ValueError, match="engine"):
+        build_index([1, 2], engine="spark", seq_len=4, eod_token_id=0)
+    with pytest.raises(ValueError, match="concat_then_split"):
+        build_index([1, 2], algorithm="concat_then_split", seq_len=4, eod_token_id=0)
+    with pytest.raises(ValueError, match="shard_documents"):
+        build_index([1, 2], shard_documents=0, seq_len=4, eod_token_id=0)
+
+
+def test_a_corpus_from_xbatch_sources_packs_and_serves_rows():
+    from xbatch.sources import Corpus
+
+    tokens, lengths, offsets = corpus(12, 150)
+    source = Corpus.from_arrays(tokens, offsets=offsets)
+    index = build_index(source, seq_len=16, eod_token_id=3)
+    expected = pack_documents(tokens, lengths, seq_len=16, eod_token_id=3)
+    assert np.array_equal(_all_rows(PackedRows.from_corpus(source, index))["inputs"], expected.inputs)
