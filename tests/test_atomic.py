@@ -68,7 +68,7 @@ def test_pack_on_a_full_disk_keeps_the_old_output(tmp_path, monkeypatch, capsys)
 
 # Sends itself SIGINT in the middle of writing the third array, as Ctrl-C would.
 INTERRUPT_MID_WRITE = """
-import os, signal, sys
+import signal, sys
 import numpy.lib.format as fmt
 from xbatch import cli
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even if started in the background
@@ -78,7 +78,7 @@ def write_array(fp, array, *args, **kwargs):
     count[0] += 1
     if count[0] == 3:
         fp.write(b"x" * 100)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # to this thread, now (os.kill may pick another thread)
     return real(fp, array, *args, **kwargs)
 fmt.write_array = write_array
 sys.exit(cli.main(sys.argv[1:]))
