@@ -162,3 +162,34 @@ def test_packed_rows_equal_grain_source():
             np.testing.assert_array_equal(row[key], expected[key])
 
 # mp_prefetch with 2 workers: tests/test_sources_pipeline.py::test_workers_hold_every_document_once
+
+
+@pytest.mark.parametrize("shift", ["inputs", "targets"])
+def test_a_corpus_loss_mask_column_reaches_the_packer_through_shuffled_chunks(tmp_path, backend, shift):
+    from xbatch.packing import pack_documents
+
+    rng = np.random.default_rng(5)
+    paths, tokens, masks, lengths = [], [], [], []
+    for part in range(2):  # two shards: one global document index
+        part_lengths = rng.integers(0, 40, size=30)
+        part_tokens = rng.integers(0, 1000, size=int(part_lengths.sum()), dtype=np.int32)
+        part_mask = rng.integers(0, 2, size=part_tokens.shape[0]).astype(np.int8)
+        paths.append(write_xbatch_corpus(tmp_path / f"s{part}", part_tokens, lengths=part_lengths,
+                                         token_columns={"loss_mask": part_mask}))
+        offsets = np.concatenate([[0], np.cumsum(part_lengths)])
+        for i in range(part_lengths.shape[0]):
+            tokens.append(part_tokens[offsets[i]:offsets[i + 1]])
+            masks.append(part_mask[offsets[i]:offsets[i + 1]])
+    corpus = open_corpus(paths)
+    chunks = DocumentChunkIterDataset(corpus, documents_per_chunk=7, seed=11)
+    order = np.concatenate([chunk["documents"] for chunk in chunks])
+    assert sorted(order.tolist()) == list(range(60))
+    packed = LLMPackIterDataset(chunks, seq_len=32, num_packing_bins=4, eod_token_id=1, shift=shift)
+    rows = list(packed)
+    expected = pack_documents(np.concatenate([tokens[i] for i in order]), [len(tokens[i]) for i in order],
+                              loss_mask=np.concatenate([masks[i] for i in order]), seq_len=32,
+                              eod_token_id=1, num_packing_bins=4, shift=shift)
+    for name in ("inputs", "targets", "inputs_segmentation", "targets_segmentation"):
+        np.testing.assert_array_equal(np.stack([row[name] for row in rows]), getattr(expected, name))
+    # The mask is really applied: some target is not trained on.
+    assert (expected.targets_segmentation != expected.inputs_segmentation).any()

@@ -65,3 +65,19 @@ def test_convert_errors(tmp_path, capsys):
     assert code == 1
     assert "not a Megatron index" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_pack_trains_only_on_an_xbatch_corpus_loss_mask_column(tmp_path, documents):
+    from xbatch.sources import write_xbatch_corpus
+
+    tokens = np.concatenate(documents)
+    lengths = [len(d) for d in documents]
+    mask = np.random.default_rng(1).integers(0, 2, size=tokens.shape[0]).astype(np.int8)
+    write_xbatch_corpus(tmp_path / "masked", tokens, lengths=lengths, token_columns={"loss_mask": mask})
+    np.savez(tmp_path / "masked.npz", tokens=tokens, lengths=lengths, loss_mask=mask)
+    from_directory = packed(tmp_path, tmp_path / "masked", "from_directory")
+    from_npz = packed(tmp_path, tmp_path / "masked.npz", "from_npz")
+    assert from_directory.keys() == from_npz.keys()
+    for key in from_npz:
+        np.testing.assert_array_equal(from_directory[key], from_npz[key])
+    assert (from_npz["targets_segmentation"] != from_npz["inputs_segmentation"]).any()

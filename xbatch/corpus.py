@@ -419,7 +419,11 @@ def read_source_corpus(path: Path, field: str | None) -> Corpus:
     from .sources.open import tokens_and_lengths
 
     try:
-        tokens, lengths = tokens_and_lengths(open_corpus(path, field=field))
+        source = open_corpus(path, field=field)
+        tokens, lengths = tokens_and_lengths(source)
+        loss_mask = None
+        if source.has_token_column("loss_mask"):  # e.g. written by write_xbatch_corpus(token_columns=...)
+            loss_mask = source.gather_column("loss_mask", np.arange(len(source)))
     except SourceError as exc:
         raise CorpusError(str(exc)) from None
-    return Corpus(tokens, lengths, str(path))
+    return Corpus(tokens, lengths, str(path), loss_mask=loss_mask)

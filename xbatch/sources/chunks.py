@@ -27,7 +27,8 @@ class _Stream:
 
 
 class DocumentChunkIterDataset(grain.IterDataset):
-    """Ragged chunks ``{"tokens", "lengths", "documents"}`` of a corpus's documents.
+    """Ragged chunks ``{"tokens", "lengths", "documents"}`` of a corpus's documents (plus
+    ``"loss_mask"``, aligned with ``"tokens"``, when the corpus has a ``loss_mask`` column).
 
     Each element holds ``documents_per_chunk`` documents (the last one fewer): ``tokens``
     int32[total] back to back, ``lengths`` int64[k] and ``documents`` int64[k], their
@@ -151,7 +152,10 @@ class _DocumentChunkIterator(grain.DatasetIterator):
                                    seed=self._seed)
         tokens, lengths = self._corpus.gather(documents)
         self._position = int(stop)
-        return {"tokens": tokens, "lengths": lengths, "documents": documents}
+        chunk = {"tokens": tokens, "lengths": lengths, "documents": documents}
+        if self._corpus.has_token_column("loss_mask"):  # the packers take it as it is
+            chunk["loss_mask"] = self._corpus.gather_column("loss_mask", documents)
+        return chunk
 
     def _epoch(self) -> int:
         stream = self._stream

@@ -295,6 +295,34 @@ class Corpus:
 
         return gather_documents(self, indices)
 
+    def has_token_column(self, name: str) -> bool:
+        """Whether every shard has the per-token column ``name`` (e.g. ``"loss_mask"``)."""
+        return all(name in shard.token_columns for shard in self.shards)
+
+    def gather_column(self, name: str, indices: Any) -> np.ndarray:
+        """Per-token column ``name`` of documents ``indices``, back to back, aligned with the
+        tokens :meth:`gather` returns for the same indices (the column's own dtype)."""
+        if not self.has_token_column(name):
+            raise CorpusError(f"{self.name}: no per-token column {name!r} in every shard")
+        indices = _document_indices(indices, len(self))
+        shard_of = np.searchsorted(self.shard_starts, indices, side="right") - 1
+        parts = []
+        # One vectorized gather per run of consecutive documents from the same shard, so
+        # that the documents stay in the order asked for.
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for run in np.split(np.arange(indices.shape[0]), bounds):
+            if not run.size:
+                continue
+            shard = self.shards[int(shard_of[run[0]])]
+            local = indices[run] - self.shard_starts[int(shard_of[run[0]])]
+            starts, ends = shard.starts[local], shard.ends[local]
+            lengths = ends - starts
+            first_cell = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            parts.append(shard.token_columns[name][first_cell + np.arange(int(lengths.sum()))])
+        if not parts:
+            return np.zeros(0, dtype=self.shards[0].token_columns[name].dtype)
+        return np.concatenate(parts)
+
 
 def _call(function: Callable[[], Any]) -> Any:
     return function()
