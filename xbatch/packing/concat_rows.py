@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -120,19 +119,6 @@ def lay_out(pieces: RowPieces, *, seq_len: int, eod_token_id: int, pad_token_id:
     """The six LLM fields, int32 [rows, seq_len], of cut rows."""
     return lay_out_rows(pieces.tokens, pieces.lengths, pieces.rows, num_rows=pieces.num_rows, seq_len=seq_len,
                         eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift, empty=empty)
-
-
-def add_row_stats(totals: PackingStats, row_stats: Any, seq_len: int, shift: str) -> None:
-    """Adds one row's ``RowPieces.row_stats`` entry to running totals (no loss masks:
-    every target is trained on, but column 0 with ``shift="targets"``)."""
-    totals.rows += 1
-    totals.loss_tokens += row_stats[0] - (shift == "targets")
-    totals.capacity += seq_len
-    totals.tokens += row_stats[0]
-    totals.pieces += row_stats[1]
-    totals.documents += row_stats[2]
-    totals.documents_split += row_stats[3]
-    totals.tokens_truncated += row_stats[4]
 
 
 def pack_concat(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_token_id: int, pad_token_id: int,

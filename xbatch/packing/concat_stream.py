@@ -11,7 +11,7 @@ import numpy as np
 
 from . import checkpoint
 from .buffers import BufferPool
-from .concat_rows import Cells, add_row_stats, cut_rows, document_cells, lay_out
+from .concat_rows import Cells, cut_rows, document_cells, lay_out
 from .pieces import as_lengths, as_tokens, chunk_source, refuse_loss_masks
 from .stats import PackingStats
 
@@ -72,7 +72,9 @@ class ConcatRowsIterator(grain.DatasetIterator):
             self._pack_window()
         row = self._order[self._next_row]
         element = {name: field[row] for name, field in self._fields.items()}
-        add_row_stats(self._totals, self._row_stats[row], self._options.seq_len, self._options.shift)
+        row_stats = self._row_stats[row]  # no loss masks here: every target but a shifted row's last
+        self._totals.add_row(row_stats, self._options.seq_len,
+                             loss_tokens=row_stats[0] - (self._options.shift == "targets"))
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:

@@ -328,15 +328,8 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
             self._pack_window()
         row = self._order[self._next_row]
         element = {name: field[row] for name, field in self._fields.items()}
-        totals, row_stats = self._totals, self._row_stats[row]
-        totals.rows += 1
-        totals.capacity += self._options.seq_len
-        totals.tokens += row_stats[0]
-        totals.pieces += row_stats[1]
-        totals.documents += row_stats[2]
-        totals.documents_split += row_stats[3]
-        totals.tokens_truncated += row_stats[4]
-        totals.loss_tokens += row_stats[5]
+        row_stats = self._row_stats[row]
+        self._totals.add_row(row_stats, self._options.seq_len, loss_tokens=row_stats[5])
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:

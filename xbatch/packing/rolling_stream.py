@@ -85,15 +85,9 @@ class RollingRowsIterator(grain.DatasetIterator):
             self._produce()
         row = self._rows.pop()
         element = {name: field[row] for name, field in self._fields.items()}
-        totals, row_stats = self._totals, self._row_stats[row]
-        totals.rows += 1
-        totals.capacity += self._options.seq_len
-        totals.tokens += row_stats[0]
-        totals.pieces += row_stats[1]
-        totals.documents += row_stats[2]
-        totals.documents_split += row_stats[3]
-        totals.tokens_truncated += row_stats[4]
-        totals.loss_tokens += row_stats[0] - (self._options.shift == "targets")  # no loss masks here
+        row_stats = self._row_stats[row]  # no loss masks here: every target but a shifted row's last
+        self._totals.add_row(row_stats, self._options.seq_len,
+                             loss_tokens=row_stats[0] - (self._options.shift == "targets"))
         self._next_row += 1
         self._counter += 1
         if not self._rows:

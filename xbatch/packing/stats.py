@@ -43,6 +43,18 @@ class PackingStats:
         """Loss tokens / real tokens of the emitted rows (0.0 before any row)."""
         return self.loss_tokens / self.tokens if self.tokens else 0.0
 
+    def add_row(self, row_stats, seq_len: int, *, loss_tokens: int) -> None:
+        """Adds one emitted row: ``row_stats`` is (tokens, pieces, documents, split
+        documents, truncated tokens) of the row, ``seq_len`` its capacity in cells."""
+        self.rows += 1
+        self.capacity += seq_len
+        self.tokens += row_stats[0]
+        self.pieces += row_stats[1]
+        self.documents += row_stats[2]
+        self.documents_split += row_stats[3]
+        self.tokens_truncated += row_stats[4]
+        self.loss_tokens += loss_tokens
+
     def as_dict(self) -> dict[str, float]:
         """Every count and the fill ratio, e.g. for logging."""
         return {**dataclasses.asdict(self), "fill_ratio": self.fill_ratio, "loss_ratio": self.loss_ratio}
