@@ -232,6 +232,10 @@ def run(args: argparse.Namespace, out) -> None:
         raise CommandError(
             f"--algorithm {options.algorithm} sorts the whole corpus; use it with --bins all"
         )
+    if args.attention_metadata and options.max_documents_per_row is None:
+        raise CommandError("--attention-metadata: needs --max-documents-per-row M (the segment slots per row)")
+    if args.attention_metadata and output is None:
+        raise CommandError("--attention-metadata: stores seq_lengths and seq_offsets in the --output file; give -o")
     check_corpus(corpus, options, allow_empty=args.allow_empty, keep_rows=output is not None)
     if options.streams and _installed("grain"):
         from ..packing import LLMPackIterDataset  # noqa: F401 - import outside the timing
@@ -241,6 +245,10 @@ def run(args: argparse.Namespace, out) -> None:
     start = time.perf_counter()
     fields, stats = pack_corpus(corpus, options, progress, keep_rows=output is not None)
     seconds = time.perf_counter() - start
+    if args.attention_metadata:  # what the packers' attention_metadata=True gives, for every row at once
+        from ..packing.attention import row_metadata
+
+        fields.update(row_metadata(fields["inputs_segmentation"], max_segments=options.max_documents_per_row))
     if output is not None:
         try:
             with atomic_output(output) as file:  # an interrupt or full disk keeps the old file
@@ -248,6 +256,9 @@ def run(args: argparse.Namespace, out) -> None:
         except OSError as exc:
             raise CommandError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     print(summarize(corpus, options, stats, seconds, output), file=out)
+    if args.attention_metadata:
+        print(f"  attention metadata  seq_lengths [rows, {options.max_documents_per_row}], seq_offsets "
+              f"[rows, {options.max_documents_per_row + 1}] in {output} (--attention-metadata)", file=out)
     if stats.rows:
         print(render_row(fields, 0, eod_token_id=eod), file=out)
 
@@ -289,6 +300,10 @@ def add_parser(commands) -> None:
     pack.add_argument("--max-documents-per-row", type=positive_int, default=None,
                       help="at most this many documents (pieces) per row, for attention kernels with a static "
                       "segment count (default: no cap)")
+    pack.add_argument("--attention-metadata", action="store_true",
+                      help="also store seq_lengths [rows, M] and seq_offsets [rows, M+1] (M = "
+                      "--max-documents-per-row, -1 padded) in the --output file: the attention metadata of "
+                      "each row (see xbatch.packing.attention_metadata)")
     pack.add_argument("--lengths", help="the .npy of per-document lengths that goes with a .npy of tokens")
     pack.add_argument("--num-documents", type=int, default=20_000,
                       help="documents in the built-in corpus (default 20,000)")

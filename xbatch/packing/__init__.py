@@ -14,8 +14,10 @@ _HOMES = {
     "FirstFitPackIterDataset": "grain_packers",
     "LLMPackIterDataset": "llm",
     "PackingStats": "stats",
+    "add_varlen_metadata": "attention",
     "attention_metadata": "attention",
     "pack_documents": "bulk",
+    "varlen_metadata": "attention",
     "window_documents": "bulk",
 }
 

@@ -14,6 +14,7 @@ import numpy as np
 from .. import kernels
 from .._checks import positive_int
 from ..batch import LLMBatch, LLMIndexedBatch
+from .attention import metadata_segments, row_metadata
 from .concat_rows import pack_concat
 from .rolling import pack_rolling
 from .pieces import (
@@ -52,7 +53,8 @@ def pack_documents(
     prompt_lengths: Any = None,
     train_on_eod: bool = True,
     max_documents_per_row: int | None = None,
-) -> LLMBatch | tuple[LLMBatch, PackingStats]:
+    attention_metadata: bool = False,
+) -> LLMBatch | tuple[Any, ...]:
     """Packs a whole corpus into rows of ``seq_len`` tokens in the LLM layout.
 
     With ``num_packing_bins=B`` the rows are exactly those :class:`LLMPackIterDataset`
@@ -89,10 +91,27 @@ def pack_documents(
       train_on_eod: whether each document's EOD target is trained on.
       max_documents_per_row: at most this many pieces (segments) per row (grain's
         ``max_sequences_per_bin``), or None for no cap.
+      attention_metadata: also return ``{"seq_lengths": int32[rows, M], "seq_offsets":
+        int32[rows, M + 1]}`` (M = ``max_documents_per_row``, which it needs):
+        :func:`~xbatch.packing.attention_metadata` of ``inputs_segmentation``. Slice it
+        with the rows; :func:`~xbatch.packing.varlen_metadata` of a batch's
+        ``seq_lengths`` gives its ``cu_seqlens`` and ``max_seqlen``.
 
     Returns:
-      An :class:`LLMBatch` of int32 NumPy arrays [rows, seq_len] (and the stats).
+      An :class:`LLMBatch` of int32 NumPy arrays [rows, seq_len]; with
+      ``attention_metadata`` a tuple ``(batch, metadata)``; with ``return_stats`` the
+      stats last: ``(batch, stats)`` or ``(batch, metadata, stats)``.
     """
+    segments = metadata_segments(attention_metadata, max_documents_per_row)
+    if segments is not None:  # the rows do not depend on it: pack, then describe them
+        packed = pack_documents(
+            tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id, pad_token_id=pad_token_id,
+            num_packing_bins=num_packing_bins, algorithm=algorithm, long_documents=long_documents, shift=shift,
+            return_stats=return_stats, loss_mask=loss_mask, prompt_lengths=prompt_lengths,
+            train_on_eod=train_on_eod, max_documents_per_row=max_documents_per_row)
+        batch = packed[0] if return_stats else packed
+        metadata = row_metadata(batch.inputs_segmentation, max_segments=segments)
+        return (batch, metadata, packed[1]) if return_stats else (batch, metadata)
     seq_len = positive_int("seq_len", seq_len)
     eod_token_id = check_token_id("eod_token_id", eod_token_id)
     pad_token_id = check_token_id("pad_token_id", pad_token_id)

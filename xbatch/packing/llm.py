@@ -12,6 +12,8 @@ import numpy as np
 from .. import kernels
 from .._checks import describe, positive_int
 from . import checkpoint
+from .attention import metadata_segments
+from .attention_rows import AttentionRowsIterator
 from .buffers import BufferPool
 from .concat_stream import ConcatRowsIterator
 from .rolling_stream import RollingRowsIterator
@@ -123,6 +125,13 @@ class LLMPackIterDataset(grain.IterDataset):
       max_documents_per_row: at most this many pieces (segments) per row, or None (no
         cap): grain's ``max_sequences_per_bin`` rule, for attention kernels with a static
         segment count. A row that reached the cap takes no more pieces.
+      attention_metadata: also put on every row ``seq_lengths`` int32[M] and
+        ``seq_offsets`` int32[M + 1] (M = ``max_documents_per_row``, which it needs):
+        :func:`~xbatch.packing.attention_metadata` of the row's ``inputs_segmentation``,
+        computed once per window. Batching stacks them to [B, M] and [B, M + 1];
+        :func:`~xbatch.packing.add_varlen_metadata` after ``.batch`` adds the batch's
+        ``cu_seqlens`` and ``max_seqlen``. The rows and the checkpoint state are the same
+        as without it (it is not one of the state's recorded arguments).
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class LLMPackIterDataset(grain.IterDataset):
         seed: int = 0,
         train_on_eod: bool = True,
         max_documents_per_row: int | None = None,
+        attention_metadata: bool = False,
     ):
         if not isinstance(parent, (grain.IterDataset, grain.MapDataset)):
             raise TypeError(
@@ -147,6 +157,7 @@ class LLMPackIterDataset(grain.IterDataset):
                 "wrap documents with grain.MapDataset.source(documents).to_iter_dataset()"
             )
         super().__init__(parent)
+        self._metadata_segments = metadata_segments(attention_metadata, max_documents_per_row)
         self._options = _Options(
             seq_len=positive_int("seq_len", seq_len, maximum=_INT32_MAX),  # int32 positions
             num_packing_bins=positive_int("num_packing_bins", num_packing_bins),
@@ -172,6 +183,12 @@ class LLMPackIterDataset(grain.IterDataset):
             raise ValueError("shuffle_bins: rolling_best_fit emits rows as bins close; shuffle downstream instead")
 
     def __iter__(self) -> grain.DatasetIterator:
+        rows = self._rows_iterator()
+        if self._metadata_segments is None:
+            return rows
+        return AttentionRowsIterator(rows, self._metadata_segments)
+
+    def _rows_iterator(self) -> grain.DatasetIterator:
         if self._options.algorithm == CONCAT:
             return ConcatRowsIterator(self._parent.__iter__(), self._options)
         if self._options.algorithm == ROLLING:
@@ -180,6 +197,8 @@ class LLMPackIterDataset(grain.IterDataset):
 
     def __str__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in dataclasses.asdict(self._options).items())
+        if self._metadata_segments is not None:
+            options += ", attention_metadata=True"
         return f"LLMPackIterDataset({options})"
 
 

@@ -78,9 +78,23 @@ def batch_rows(rows: Sequence[Mapping[str, Any]], *, ordered: bool = False) -> A
     """:func:`xbatch.batch.stack_rows`, without copying when the rows are consecutive
     rows of one packer window (then each field is a view of the window's array, which the
     packer's pool does not reuse while the batch holds it). ``ordered``: the rows come
-    in window order (an LLM packer without ``shuffle_bins``)."""
-    from ..batch import LLMBatch, stack_rows
+    in window order (an LLM packer without ``shuffle_bins``).
 
+    Rows with ``seq_lengths``/``seq_offsets`` (a packer with ``attention_metadata=True``)
+    give ``(batch, metadata)``: those two stacked to [B, M] and [B, M + 1], plus the
+    batch's ``cu_seqlens`` and ``max_seqlen`` (:func:`~xbatch.packing.varlen_metadata`)."""
+    from ..batch import LLMBatch, stack_rows
+    from ..packing.attention import ROW_METADATA, varlen_metadata
+
+    if rows and ROW_METADATA[0] in rows[0]:
+        metadata = {}
+        for name in ROW_METADATA:
+            values = [np.asarray(row[name]) for row in rows]
+            view = _consecutive_rows(values, ordered)
+            metadata[name] = np.stack(values) if view is None else view
+        metadata.update(varlen_metadata(metadata["seq_lengths"]))
+        rows = [{name: value for name, value in row.items() if name not in ROW_METADATA} for row in rows]
+        return batch_rows(rows, ordered=ordered), metadata
     if rows and len(rows[0]) == len(_LLM_FIELDS):
         views = {}
         for name in _LLM_FIELDS:
@@ -153,7 +167,10 @@ def llm_batches(corpus: CorpusLike, *, batch_size: int, seq_len: int, eod_token_
         single-process run but hold the same documents.
       worker_buffer_size: rows buffered per worker.
       documents_per_chunk: documents read per chunk.
-      packer_options: more :class:`~xbatch.packing.LLMPackIterDataset` arguments.
+      packer_options: more :class:`~xbatch.packing.LLMPackIterDataset` arguments; with
+        ``attention_metadata=True`` (and ``max_documents_per_row=M``) each element is
+        ``(batch, metadata)``: ``seq_lengths`` int32[B, M], ``seq_offsets`` int32[B, M + 1],
+        ``cu_seqlens`` int32[B * M + 1] and ``max_seqlen`` (see :func:`batch_rows`).
     """
     rows = packed_rows(corpus, seq_len=seq_len, eod_token_id=eod_token_id, pad_token_id=pad_token_id,
                        host_index=host_index, host_count=host_count, shuffle=shuffle, seed=seed,
