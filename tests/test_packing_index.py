@@ -1,7 +1,6 @@
 """Tests for the packing index, rows on demand, and the shard-parallel packing jobs."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -167,21 +166,6 @@ def _assert_same_index(a, b):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
         assert getattr(a, name).dtype == getattr(b, name).dtype
     assert (a.stats, a.shards, a.corpus, a.arguments) == (b.stats, b.shards, b.corpus, b.arguments)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                    reason='Ray is not installed (optional extra: pip install "xbatch[ray]")')
-def test_ray_gives_the_serial_index():
-    import ray
-
-    _, lengths, _ = corpus(11, 2000)
-    arguments = dict(seq_len=16, eod_token_id=0, algorithm="best_fit", num_packing_bins=8)
-    serial = build_index(lengths, shard_documents=300, **arguments)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        _assert_same_index(build_index(lengths, shard_documents=300, engine="ray", **arguments), serial)
-    finally:
-        ray.shutdown()
 
 
 def test_bad_job_arguments_are_named():

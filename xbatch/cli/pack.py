@@ -21,6 +21,9 @@ from .common import CommandError, bins, check_rows_fit, positive_int, progress_f
 
 # Documents per ragged chunk handed to the streaming packer (one progress-bar step).
 CHUNK_DOCUMENTS = 4_096
+# The engines of --index-out: xbatch.packing.jobs.ENGINES, spelled out here because that
+# module loads the packers (and JAX) and `xbatch --help` should not (a test checks both).
+ENGINES = ("serial", "processes", "ray")
 ROW_FIELDS = (
     "targets", "inputs", "targets_segmentation", "inputs_segmentation",
     "targets_position", "inputs_position",
@@ -200,9 +203,25 @@ def _check_output(path: Path | None) -> None:
 
 
 def run(args: argparse.Namespace, out) -> None:
+    progress = progress_factory(not args.no_progress)
+    if args.index_out is not None:  # many files, in parallel, into a packing index
+        from . import pack_index
+
+        pack_index.run(args, out, progress)
+        return
+    for flag, given in (("--engine", args.engine != "serial"), ("--workers", args.workers),
+                        ("--shard-documents", args.shard_documents)):
+        if given:
+            raise CommandError(f"{flag}: goes with --index-out DIR (rows of one corpus are packed in this process)")
+    if len(args.corpus) > 1:
+        raise CommandError(f"CORPUS: {len(args.corpus)} files given; several files pack into a packing index "
+                           "with --index-out DIR (or convert them into one corpus first)")
+    if args.lengths is not None and len(args.lengths) > 1:
+        raise CommandError(f"--lengths: given {len(args.lengths)} times for one .npy of tokens")
+    args.corpus = args.corpus[0] if args.corpus else None
+    args.lengths = args.lengths[0] if args.lengths else None
     output = Path(args.output) if args.output else None
     _check_output(output)
-    progress = progress_factory(not args.no_progress)
     if args.corpus is None:
         if args.num_documents < 1:
             raise CommandError(f"--num-documents: expected an integer >= 1, got {args.num_documents}")
@@ -274,8 +293,23 @@ def add_parser(commands) -> None:
         "needs pyarrow), a list-of-integers column named by --field. Without CORPUS: a built-in "
         "synthetic corpus (32,000-token vocabulary, EOD 1, lognormal lengths).",
     )
-    pack.add_argument("corpus", nargs="?", help="the tokenized corpus; omit for the built-in one")
+    pack.add_argument("corpus", nargs="*", metavar="CORPUS",
+                      help="the tokenized corpus; omit for the built-in one; several files with --index-out")
     pack.add_argument("-o", "--output", help="write the packed fields to this .npz")
+    pack.add_argument("--index-out", metavar="DIR",
+                      help="write a packing index of the CORPUS files (placement only, a few bytes per document; "
+                      "rows are built on demand by xbatch.packing.packed_rows.PackedRows) into this new directory "
+                      "instead of packing rows; each file is one task, rows never span files")
+    pack.add_argument("--engine", choices=ENGINES, default="serial",
+                      help="with --index-out: run the files' tasks in this process (serial), a local process pool "
+                      "(processes) or on Ray (ray: the cluster of RAY_ADDRESS, or a local one; needs xbatch[ray]); "
+                      "all give the same index, byte for byte (default serial)")
+    pack.add_argument("--workers", type=positive_int, default=None,
+                      help="with --engine processes: pool size (default the CPU count); with ray: most tasks at "
+                      "once (default: as many as Ray schedules)")
+    pack.add_argument("--shard-documents", type=positive_int, default=None,
+                      help="with --index-out: cut each file into shards of at most this many documents, packed "
+                      "one after the other (rows never span shards; default: a file is one shard)")
     pack.add_argument("--seq-len", type=row_length, default=2048, help="tokens per row (default 2048)")
     pack.add_argument("--bins", type=bins, default=64,
                       help="packing bins per window, or 'all' for one window over the corpus (default 64)")
@@ -304,7 +338,9 @@ def add_parser(commands) -> None:
                       help="also store seq_lengths [rows, M] and seq_offsets [rows, M+1] (M = "
                       "--max-documents-per-row, -1 padded) in the --output file: the attention metadata of "
                       "each row (see xbatch.packing.attention_metadata)")
-    pack.add_argument("--lengths", help="the .npy of per-document lengths that goes with a .npy of tokens")
+    pack.add_argument("--lengths", action="append",
+                      help="the .npy of per-document lengths that goes with a .npy of tokens (with --index-out: "
+                      "once per .npy input, in order)")
     pack.add_argument("--num-documents", type=int, default=20_000,
                       help="documents in the built-in corpus (default 20,000)")
     pack.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus (default 0)")

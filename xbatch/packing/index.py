@@ -214,6 +214,17 @@ def merge_stats(stats: Sequence[PackingStats]) -> PackingStats:
     return PackingStats(**{name: sum(getattr(s, name) for s in stats) for name in fields})
 
 
+def move_documents(index: PackingIndex, documents: int) -> PackingIndex:
+    """``index`` with its document numbers raised by ``documents`` (>= 0): a shard packed
+    on its own (documents from 0) placed after ``documents`` earlier documents."""
+    documents = positive_int("documents", documents, minimum=0)
+    return dataclasses.replace(
+        index,
+        piece_document=np.asarray(index.piece_document, dtype=np.int64) + documents,
+        shards=tuple({**shard, "first_document": shard["first_document"] + documents} for shard in index.shards),
+    )
+
+
 def merge_indexes(parts: Sequence[PackingIndex], corpus: dict[str, Any] | None = None) -> PackingIndex:
     """Concatenates shard indexes in order (consecutive documents, the same arguments)."""
     if not parts:
