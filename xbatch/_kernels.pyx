@@ -1349,3 +1349,129 @@ def concat_then_split(
         nc[f, 0] = sl[2 * f]
         nc[f, 1] = sl[2 * f + 1]
     return out_items, out_rows, out_starts, out_cells, rows, consumed, next_carry, status
+
+
+# Rows on demand: a packing index's rows gathered from the corpus (xbatch.packing.packed_rows)
+# ---------------------------------------------------------------------------------------
+
+
+def gather_packed_rows(
+    const corpus_token_t[::1] tokens,
+    const int64_t[::1] document_starts,
+    const int64_t[::1] document_ends,
+    int64_t first_document,
+    const int64_t[::1] piece_document,
+    const int32_t[::1] piece_start,
+    const int32_t[::1] piece_length,
+    const int64_t[::1] row_offsets,
+    const int64_t[::1] rows,
+    int32_t eod_token_id,
+    int32_t pad_token_id,
+    int shift_targets,
+    int32_t[:, ::1] out_inputs,
+    int32_t[:, ::1] out_targets,
+    int32_t[:, ::1] out_inputs_segmentation,
+    int32_t[:, ::1] out_targets_segmentation,
+    int32_t[:, ::1] out_inputs_position,
+    int32_t[:, ::1] out_targets_position,
+):
+    """Writes the LLM fields of index rows ``rows`` straight from the corpus, one row at a time.
+
+    Every value read from the index is checked before it is used, so no input reads or
+    writes out of bounds. Returns -1; or ``i`` >= 0, the first requested row that is not
+    in the index or whose pieces lie outside it, their documents, the corpus or the row;
+    or ``-2 - i`` for the first requested row holding a token id outside ``[0, 2**31)``
+    (see the NumPy twin for the layout). The outputs are unspecified after a failure.
+    """
+    cdef Py_ssize_t n = rows.shape[0], seq_len = out_targets.shape[1]
+    cdef Py_ssize_t size = tokens.shape[0], num_documents = document_starts.shape[0]
+    cdef Py_ssize_t num_pieces = piece_document.shape[0], num_rows = row_offsets.shape[0] - 1
+    cdef Py_ssize_t i, j, row, first, last, p, fill, cells, token_cells, failed = -1
+    cdef int64_t document, start, length, begin, end
+    cdef int32_t segment
+    cdef uint64_t seen
+    cdef int32_t[:, ::1] packed, segmentation, positions
+    if (out_inputs.shape[0] != n or out_inputs.shape[1] != seq_len
+            or out_inputs_segmentation.shape[0] != n or out_inputs_segmentation.shape[1] != seq_len
+            or out_targets_segmentation.shape[0] != n or out_targets_segmentation.shape[1] != seq_len
+            or out_inputs_position.shape[0] != n or out_inputs_position.shape[1] != seq_len
+            or out_targets_position.shape[0] != n or out_targets_position.shape[1] != seq_len):
+        raise ValueError("out_*: expected six [rows, seq_len] arrays")
+    if out_targets.shape[0] != n or seq_len < 1 or seq_len > INT32_MAX:
+        raise ValueError("out_targets: expected [rows, seq_len] with 1 <= seq_len < 2**31")
+    if document_ends.shape[0] != num_documents or piece_start.shape[0] != num_pieces \
+            or piece_length.shape[0] != num_pieces:
+        raise ValueError("document_ends, piece_start, piece_length: expected one entry per document / piece")
+    # The packed tokens, segment ids and positions go into the fields that hold them
+    # unshifted; the other three are copies of them shifted by one cell.
+    if shift_targets:
+        packed, segmentation, positions = out_inputs, out_inputs_segmentation, out_inputs_position
+    else:
+        packed, segmentation, positions = out_targets, out_targets_segmentation, out_targets_position
+    with nogil:
+        for i in range(n):
+            row = rows[i]
+            if row < 0 or row >= num_rows:
+                failed = i
+                break
+            first = row_offsets[row]
+            last = row_offsets[row + 1]
+            if first < 0 or last < first or last > num_pieces:
+                failed = i
+                break
+            fill = 0
+            segment = 0
+            for p in range(first, last):
+                document = piece_document[p]
+                if document < first_document or document - first_document >= num_documents:
+                    failed = i
+                    break
+                document -= first_document
+                begin = document_starts[document]
+                end = document_ends[document]
+                start = piece_start[p]
+                length = piece_length[p]
+                # A piece holds cells start .. start + length - 1 of its document's
+                # end - begin tokens followed by the EOD, and fits the rest of the row.
+                if begin < 0 or end < begin or end > size or start < 0 or length < 1 \
+                        or length > seq_len - fill or start + length > end - begin + 1:
+                    failed = i
+                    break
+                token_cells = length if start + length <= end - begin else length - 1
+                seen = 0
+                for j in range(token_cells):
+                    # Negative ids turn into values above 2**63 here, so one test catches both.
+                    seen |= <uint64_t>tokens[begin + start + j]
+                    packed[i, fill + j] = <int32_t>tokens[begin + start + j]
+                if seen > <uint64_t>INT32_MAX:
+                    failed = -2 - i
+                    break
+                if token_cells < length:
+                    packed[i, fill + token_cells] = eod_token_id
+                segment += 1
+                for j in range(length):
+                    segmentation[i, fill + j] = segment
+                    positions[i, fill + j] = <int32_t>j
+                fill += length
+            if failed != -1:
+                break
+            for j in range(fill, seq_len):
+                packed[i, j] = pad_token_id
+                segmentation[i, j] = 0
+                positions[i, j] = 0
+            if shift_targets:  # targets: the next cell's token, segment and position
+                cells = seq_len - 1
+                if cells:
+                    memcpy(&out_targets[i, 0], &packed[i, 1], cells * sizeof(int32_t))
+                    memcpy(&out_targets_segmentation[i, 0], &segmentation[i, 1], cells * sizeof(int32_t))
+                    memcpy(&out_targets_position[i, 0], &positions[i, 1], cells * sizeof(int32_t))
+                out_targets[i, cells] = pad_token_id
+                out_targets_segmentation[i, cells] = 0
+                out_targets_position[i, cells] = 0
+            else:  # inputs: the EOD, then the tokens one cell later; the same segments
+                out_inputs[i, 0] = eod_token_id
+                if seq_len > 1:
+                    memcpy(&out_inputs[i, 1], &packed[i, 0], (seq_len - 1) * sizeof(int32_t))
+                memcpy(&out_inputs_segmentation[i, 0], &segmentation[i, 0], seq_len * sizeof(int32_t))
+                memcpy(&out_inputs_position[i, 0], &positions[i, 0], seq_len * sizeof(int32_t))
+    return failed

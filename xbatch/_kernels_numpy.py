@@ -759,3 +759,105 @@ def concat_then_split(lengths, scalar, capacities, meta, split_full_length, carr
         np.array(next_carry, dtype=np.int64).reshape(num_features, 2),
         status,
     )
+
+
+# Rows on demand: a packing index's rows gathered from the corpus (xbatch.packing.packed_rows)
+# ---------------------------------------------------------------------------------------
+
+
+def gather_packed_rows(tokens, document_starts, document_ends, first_document, piece_document, piece_start,
+                       piece_length, row_offsets, rows, eod_token_id, pad_token_id, shift_targets,
+                       out_inputs, out_targets, out_inputs_segmentation, out_targets_segmentation,
+                       out_inputs_position, out_targets_position):
+    """Writes the LLM fields of index rows ``rows`` straight from the corpus.
+
+    Row ``rows[i]`` of the index holds pieces ``row_offsets[r] .. row_offsets[r + 1]``,
+    laid out from cell 0 in that order. Piece ``p`` is cells ``piece_start[p] ..
+    piece_start[p] + piece_length[p] - 1`` of document ``piece_document[p] -
+    first_document``'s cells: its tokens ``tokens[document_starts[d]:document_ends[d]]``
+    followed by the EOD. Each piece gets the next segment id (from 1) and positions from
+    0; the rest of the row is padding with segment id and position 0. The packed row goes
+    to the unshifted fields (``targets*`` for shift inputs, ``inputs*`` for shift
+    targets); the others are it shifted by one cell (see
+    :func:`xbatch.packing.pieces.llm_fields`).
+
+    Returns -1; or ``i`` >= 0, the first requested row that is not in the index or whose
+    pieces lie outside it, their documents, the corpus or the row; or ``-2 - i`` for the
+    first requested row holding a token id outside ``[0, 2**31)`` (a row's pieces are
+    checked in order, each piece's place before its tokens). The outputs are unspecified
+    after a failure.
+    """
+    n, seq_len = out_targets.shape
+    size, num_documents = tokens.shape[0], document_starts.shape[0]
+    num_pieces, num_rows = piece_document.shape[0], row_offsets.shape[0] - 1
+    # Each requested row: in the index, its piece range inside the pieces.
+    row_ok = (rows >= 0) & (rows < num_rows)
+    safe = np.where(row_ok, rows, 0)
+    first = np.where(row_ok, row_offsets[safe], 0) if num_rows >= 1 else np.zeros(n, np.int64)
+    last = np.where(row_ok, row_offsets[safe + 1], 0) if num_rows >= 1 else np.zeros(n, np.int64)
+    row_ok &= (first >= 0) & (last >= first) & (last <= num_pieces)
+    counts = np.where(row_ok, last - first, 0)
+    # Every piece of those rows in order, and its place: fill_before cells into its row.
+    total = int(counts.sum())
+    before = np.cumsum(counts) - counts
+    request = np.repeat(np.arange(n, dtype=np.int64), counts)
+    piece = np.arange(total, dtype=np.int64) + np.repeat(np.where(row_ok, first, 0) - before, counts)
+    raw = np.asarray(piece_document[piece], dtype=np.int64)
+    start = np.asarray(piece_start[piece], dtype=np.int64)
+    length = np.asarray(piece_length[piece], dtype=np.int64)
+    # (raw - first_document may wrap for raw < first_document; those are refused anyway.)
+    doc_ok = (raw >= first_document) & (raw - first_document < num_documents)
+    document = np.where(doc_ok, raw - first_document, 0)
+    if num_documents:
+        begin, end = document_starts[document], document_ends[document]
+    else:
+        begin = end = np.zeros(total, np.int64)
+    cumulative = np.cumsum(length)
+    fill_before = cumulative - length - np.repeat(np.concatenate([[0], cumulative])[before], counts)
+    piece_ok = (doc_ok & (begin >= 0) & (end >= begin) & (end <= size) & (start >= 0) & (length >= 1)
+                & (length <= seq_len - fill_before) & (start + length <= end - begin + 1))
+    # Token ids of the pieces whose place is good.
+    token_cells = np.where(piece_ok, np.where(start + length <= end - begin, length, length - 1), 0)
+    token_base = np.cumsum(token_cells) - token_cells
+    source = np.repeat(begin + start - token_base, token_cells) + np.arange(int(token_cells.sum()), dtype=np.int64)
+    values = tokens[source]
+    bad_value = (values < 0) | (values > _INT32_MAX)
+    token_bad = np.zeros(total, dtype=bool)
+    token_bad[np.repeat(np.arange(total), token_cells)[bad_value]] = True
+    # The first failure in request order (a bad row has no pieces).
+    events = np.flatnonzero(~piece_ok | token_bad)
+    bad_rows = np.flatnonzero(~row_ok)
+    first_row = int(bad_rows[0]) if bad_rows.size else n
+    if events.size and int(request[events[0]]) < first_row:
+        p = int(events[0])
+        return int(request[p]) if not piece_ok[p] else -2 - int(request[p])
+    if first_row < n:
+        return first_row
+    # Lay out every cell: tokens, then the EOD where a piece reaches its document's end.
+    if shift_targets:
+        packed, segmentation, positions = out_inputs, out_inputs_segmentation, out_inputs_position
+    else:
+        packed, segmentation, positions = out_targets, out_targets_segmentation, out_targets_position
+    packed[...] = pad_token_id
+    segmentation[...] = 0
+    positions[...] = 0
+    num_cells = int(cumulative[-1]) if total else 0
+    cell = np.arange(num_cells, dtype=np.int64) - np.repeat(cumulative - length, length)
+    where = np.repeat(request * seq_len + fill_before, length) + cell
+    cell_values = np.full(num_cells, eod_token_id, dtype=np.int32)
+    cell_values[cell < np.repeat(token_cells, length)] = values
+    packed.reshape(-1)[where] = cell_values
+    segmentation.reshape(-1)[where] = np.repeat(np.arange(total, dtype=np.int64) - np.repeat(before, counts) + 1,
+                                                length)
+    positions.reshape(-1)[where] = cell
+    if shift_targets:  # targets: the next cell's token, segment and position
+        for out, source_field, fill in ((out_targets, packed, pad_token_id), (out_targets_segmentation, segmentation, 0),
+                                        (out_targets_position, positions, 0)):
+            out[:, :-1] = source_field[:, 1:]
+            out[:, -1] = fill
+    else:  # inputs: the EOD, then the tokens one cell later; the same segments
+        out_inputs[:, 0] = eod_token_id
+        out_inputs[:, 1:] = packed[:, :-1]
+        out_inputs_segmentation[...] = segmentation
+        out_inputs_position[...] = positions
+    return -1

@@ -41,6 +41,7 @@ __all__ = [
     "scatter_rows",
     "shift_left",
     "shift_right",
+    "gather_packed_rows",
 ]
 
 
@@ -698,3 +699,148 @@ def concat_then_split(
         array, scalar_flags, caps, meta_flags, int(bool(split_full_length)), carry_array, int(bool(final)), row_cap
     )
     return ConcatSplitPlan(*plan)
+
+
+# --- Rows on demand: a packing index's rows gathered from the corpus -------------------
+
+PACKED_ROW_FIELDS = ("inputs", "targets", "inputs_segmentation", "targets_segmentation", "inputs_position",
+                     "targets_position")
+
+
+def _exact(name: str, value: Any, dtype: Any) -> np.ndarray:
+    """``value`` as a 1-d C-contiguous array of ``dtype`` without a copy where it already is
+    one (e.g. a memory map); other integer dtypes are converted only if every value fits."""
+    array = np.asarray(value)
+    if array.size == 0 and array.dtype == np.float64 and not isinstance(value, np.ndarray):
+        array = array.astype(dtype)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim != 1:
+        raise TypeError(f"{name}: expected a 1-d integer array, got {describe(value)}")
+    if array.dtype != dtype:
+        limits = np.iinfo(dtype)
+        if array.size and (array.min() < limits.min or array.max() > limits.max):
+            raise ValueError(f"{name}: values in [{array.min()}, {array.max()}] do not fit {np.dtype(dtype)}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def gather_packed_rows(tokens: np.ndarray, document_starts: Any, document_ends: Any, piece_document: Any,
+                       piece_start: Any, piece_length: Any, row_offsets: Any, rows: Any, *, seq_len: int,
+                       eod_token_id: int, pad_token_id: int, shift: str = "inputs", first_document: int = 0,
+                       out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The LLM fields of a packing index's rows ``rows``, written straight from the corpus.
+
+    One pass per row: each piece's tokens are copied from the corpus into the row (the
+    EOD where the piece reaches its document's end), with segment ids and positions, and
+    the shifted fields are copies of that row (see :mod:`xbatch.packing.index` for the
+    index and :func:`xbatch.packing.pieces.llm_fields` for the layout).
+
+    Args:
+      tokens: 1-d integer array of at most 64 bits (e.g. a read-only memory map); ids
+        must lie in ``[0, 2**31)``.
+      document_starts, document_ends: int64[documents], document ``d`` is
+        ``tokens[document_starts[d]:document_ends[d]]``.
+      piece_document (int64), piece_start (int32), piece_length (int32), row_offsets
+        (int64): the index's arrays; memory maps of these dtypes are used in place.
+      rows: int[n], row numbers in ``[0, rows in the index)``.
+      seq_len: cells per row; eod_token_id, pad_token_id: ids in ``[0, 2**31)``;
+        shift: ``"inputs"`` or ``"targets"``.
+      first_document: the number of document 0 of ``document_starts`` in the index (a
+        corpus shard that starts later in the corpus).
+      out: optional dict of the six int32 ``[n, seq_len]`` C-contiguous arrays to write.
+
+    Returns:
+      The six fields (``out`` if given), each int32 ``[n, seq_len]``.
+
+    Raises:
+      ValueError: a row outside the index, or one whose pieces lie outside the index,
+        their documents (a wrong corpus or a damaged index), the corpus or the row; or a
+        token id outside ``[0, 2**31)``. Every value read from the index is checked
+        before use on both backends, whatever the arrays hold.
+    """
+    if not (isinstance(tokens, np.ndarray) and tokens.ndim == 1 and tokens.dtype in _GATHER_DTYPES):
+        raise TypeError(f"tokens: expected a 1-d integer array of at most 64 bits, got {describe(tokens)}")
+    seq_len = positive_int("seq_len", seq_len, maximum=_INT32_MAX)
+    for name, value in (("eod_token_id", eod_token_id), ("pad_token_id", pad_token_id)):
+        positive_int(name, value, minimum=0, maximum=_INT32_MAX)
+    if shift not in ("inputs", "targets"):
+        raise ValueError(f"shift: expected 'inputs' or 'targets', got {shift!r}")
+    first_document = positive_int("first_document", first_document, minimum=0)
+    starts = _exact("document_starts", document_starts, np.int64)
+    ends = _exact("document_ends", document_ends, np.int64)
+    if starts.shape != ends.shape:
+        raise ValueError(f"document_ends: expected one per document ({starts.shape[0]}), got {describe(ends)}")
+    documents = _exact("piece_document", piece_document, np.int64)
+    starts_in = _exact("piece_start", piece_start, np.int32)
+    lengths = _exact("piece_length", piece_length, np.int32)
+    if not documents.shape == starts_in.shape == lengths.shape:
+        raise ValueError(f"piece_start, piece_length: expected one per piece ({documents.shape[0]}), got "
+                         f"{describe(piece_start)} and {describe(piece_length)}")
+    offsets = _exact("row_offsets", row_offsets, np.int64)
+    rows = _int_array("rows", rows, 1)
+    num_rows = offsets.shape[0] - 1
+    bad = np.flatnonzero((rows < 0) | (rows >= num_rows))
+    if bad.size:
+        raise IndexError(f"rows: row {rows[bad[0]]} is outside the index's {max(num_rows, 0)} rows")
+    shape = (rows.shape[0], seq_len)
+    if out is None:
+        out = {name: np.empty(shape, np.int32) for name in PACKED_ROW_FIELDS}
+    else:
+        if not isinstance(out, dict) or sorted(out) != sorted(PACKED_ROW_FIELDS):
+            raise ValueError(f"out: expected a dict of the fields {PACKED_ROW_FIELDS}")
+        for name in PACKED_ROW_FIELDS:
+            array = out[name]
+            if not (isinstance(array, np.ndarray) and array.dtype == np.int32 and array.shape == shape
+                    and array.flags.c_contiguous and array.flags.writeable):
+                raise ValueError(f"out[{name!r}]: expected a writeable C-contiguous int32 array of shape {shape}, "
+                                 f"got {describe(array)}")
+        arrays = [out[name] for name in PACKED_ROW_FIELDS]
+        for i, a in enumerate(arrays):
+            for other, b in [*zip(PACKED_ROW_FIELDS[i + 1:], arrays[i + 1:]), ("tokens", tokens)]:
+                if np.may_share_memory(a, b):
+                    raise_overlap(f"out[{PACKED_ROW_FIELDS[i]!r}]", other if other == "tokens" else f"out[{other!r}]")
+    impl = _backend.impl if tokens.flags.c_contiguous else _kernels_numpy  # the twin reads any strides
+    failed = impl.gather_packed_rows(
+        tokens, starts, ends, first_document, documents, starts_in, lengths, offsets, rows,
+        int(eod_token_id), int(pad_token_id), int(shift == "targets"), *(out[name] for name in PACKED_ROW_FIELDS))
+    if failed != -1:
+        _raise_bad_row(failed, tokens, starts, ends, first_document, documents, starts_in, lengths, offsets, rows,
+                       seq_len)
+    return out
+
+
+def _raise_bad_row(failed, tokens, starts, ends, first_document, documents, piece_start, piece_length, offsets,
+                   rows, seq_len) -> None:
+    """The error for the requested row a kernel refused, naming what is wrong with it."""
+    position = failed if failed >= 0 else -2 - failed
+    row = int(rows[position])
+    if failed < -1:
+        first, last = int(offsets[row]), int(offsets[row + 1])
+        for p in range(first, last):
+            d = int(documents[p]) - first_document
+            begin = int(starts[d]) + int(piece_start[p])
+            values = tokens[begin:min(begin + int(piece_length[p]), int(ends[d]))]
+            outside = values[(values < 0) | (values > _INT32_MAX)]
+            if outside.size:
+                raise ValueError(f"tokens: row {row} holds token id {outside[0]} (document {documents[p]}), "
+                                 "expected ids in [0, 2**31)")
+    first, last = int(offsets[row]), int(offsets[row + 1])
+    what = f"row_offsets: row {row} claims pieces {first}..{last}, outside the index's {documents.shape[0]} pieces"
+    if 0 <= first <= last <= documents.shape[0]:
+        fill = 0
+        for p in range(first, last):
+            d, start, length = int(documents[p]) - first_document, int(piece_start[p]), int(piece_length[p])
+            if not 0 <= d < starts.shape[0]:
+                what = (f"index: row {row}, piece {p}: document {documents[p]} is not among this corpus's documents "
+                        f"{first_document}..{first_document + starts.shape[0] - 1}")
+                break
+            begin, end = int(starts[d]), int(ends[d])
+            if not 0 <= begin <= end <= tokens.shape[0]:
+                what = (f"document_starts, document_ends: document {documents[p]} is [{begin}, {end}), outside the "
+                        f"{tokens.shape[0]} tokens")
+                break
+            if start < 0 or length < 1 or start + length > end - begin + 1 or length > seq_len - fill:
+                what = (f"index: row {row}, piece {p} (document {documents[p]}, cells {start}..{start + length - 1})"
+                        f" lies outside its document's {end - begin} tokens + EOD or past the row's {seq_len} cells; "
+                        "a damaged index, or one built for another corpus")
+                break
+            fill += length
+    raise ValueError(what)
