@@ -14,11 +14,20 @@ Implementations, all producing seq_lengths [B, M], seq_offsets [B, M + 1] and cu
 * ``jnp``: Transformer Engine's recipe (vmapped ``jnp.bincount`` and ``jnp.argwhere`` with
   a static size, then the compaction and ``cumsum`` for cu_seqlens), jitted, on JAX's CPU
   backend, from a NumPy batch to NumPy results (transfers included).
+
+``--only packer`` (``PackerAttentionOutput`` in asv) measures what the packers'
+``attention_metadata=True`` costs: tokens/s of packing a lognormal corpus (mean about 90
+tokens) into 2,048-token rows with ``max_documents_per_row=32``, with and without the
+option, on the streaming packer (ragged chunks of 4,096 documents, every row consumed)
+and on ``pack_documents``, on both backends; medians, one process.
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -129,7 +138,7 @@ def rows_per_second(case: AttentionMetadata, row_length: int, implementation: st
     return NUM_ROWS / seconds
 
 
-def main(repeats: int = 21) -> None:
+def kernel_rates(repeats: int = 21) -> None:
     """Prints rows/s per row length and implementation (median of ``repeats`` runs)."""
     case = AttentionMetadata()
     rates: dict[tuple[int, str], float] = {}
@@ -154,6 +163,104 @@ def main(repeats: int = 21) -> None:
             else:
                 ratios.append(f"{'-':>{width + 1}}")
         print(f"{row_length:>6} {cells} {' '.join(ratios)}")
+
+
+
+PACKER_SEQ_LEN = 2048
+PACKER_CAP = 32
+PACKER_PATHS = ("stream", "bulk")
+
+
+def make_corpus(num_tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, lengths): lognormal documents, mean about 90 tokens."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(mean=4.0, sigma=1.0, size=num_tokens // 90), 1, 20_000).astype(np.int64)
+    return rng.integers(2, 50_000, size=int(lengths.sum()), dtype=np.int32), lengths
+
+
+class PackerAttentionOutput:
+    """asv: packing with and without ``attention_metadata=True`` (same cap), tokens/s."""
+
+    params = (list(PACKER_PATHS), [False, True])
+    param_names = ["path", "attention_metadata"]
+    num_tokens = 2_000_000
+
+    def setup(self, path: str, attention_metadata: bool) -> None:
+        self.tokens, self.lengths = make_corpus(self.num_tokens)
+        options = dict(seq_len=PACKER_SEQ_LEN, num_packing_bins=64, eod_token_id=1,
+                       max_documents_per_row=PACKER_CAP, attention_metadata=attention_metadata)
+        if path == "bulk":
+            from xbatch.packing import pack_documents
+
+            self.run = lambda: pack_documents(self.tokens, self.lengths, **options)
+            return
+        import grain
+
+        from xbatch.compare import _in_process_read_options
+        from xbatch.packing import LLMPackIterDataset
+
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        chunks = [{"tokens": self.tokens[offsets[a]:offsets[min(a + 4096, len(self.lengths))]],
+                   "lengths": self.lengths[a:a + 4096]} for a in range(0, len(self.lengths), 4096)]
+        dataset = LLMPackIterDataset(grain.MapDataset.source(chunks).to_iter_dataset(_in_process_read_options()),
+                                     **options)
+
+        def run() -> None:
+            for _ in dataset:
+                pass
+
+        self.run = run
+
+    def time_pack(self, path: str, attention_metadata: bool) -> None:
+        self.run()
+
+
+def packer_rates(repeats: int = 7, cpu_time: bool = False) -> None:
+    """Prints tokens/s with and without the packers' attention metadata, per backend and
+    path. The two runs alternate, so that a change in the machine's load hits both."""
+    clock = time.process_time if cpu_time else time.perf_counter
+    print(f"packing {PackerAttentionOutput.num_tokens:,} tokens into {PACKER_SEQ_LEN}-token rows, "
+          f"max_documents_per_row={PACKER_CAP}, M tokens per {'CPU-' if cpu_time else ''}s "
+          f"(median of {repeats}, one process; cost = time with / time without)")
+    print(f"{'backend':>8} {'path':>7} {'without':>9} {'with':>9} {'cost':>7}")
+    saved = _backend.impl
+    try:
+        for backend in ("cython", "numpy"):
+            module = _backend.compiled_module() if backend == "cython" else _kernels_numpy
+            if module is None:
+                print("skipped cython: the compiled extension is not built", file=sys.stderr)
+                continue
+            _backend.impl = module
+            for path in PACKER_PATHS:
+                cases = []
+                for metadata in (False, True):
+                    case = PackerAttentionOutput()
+                    case.setup(path, metadata)
+                    case.run()  # warm-up: the pool's buffers, first-touched pages
+                    cases.append(case)
+                times: list[list[float]] = [[], []]
+                for _ in range(repeats):
+                    for case, spent in zip(cases, times):
+                        start = clock()
+                        case.run()
+                        spent.append(clock() - start)
+                without, with_ = (statistics.median(spent) for spent in times)
+                rates = [PackerAttentionOutput.num_tokens / seconds / 1e6 for seconds in (without, with_)]
+                print(f"{backend:>8} {path:>7} {rates[0]:>9.1f} {rates[1]:>9.1f} {with_ / without:>6.2f}x")
+    finally:
+        _backend.impl = saved
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("kernel", "packer"), help="one of the two benchmarks")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per median (default 21 kernel, 7 packer)")
+    parser.add_argument("--cpu-time", action="store_true", help="packer: CPU time of this process, not wall time")
+    args = parser.parse_args(argv)
+    if args.only != "packer":
+        kernel_rates(args.repeats or 21)
+    if args.only != "kernel":
+        packer_rates(args.repeats or 7, cpu_time=args.cpu_time)
 
 
 if __name__ == "__main__":

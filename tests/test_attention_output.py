@@ -353,3 +353,43 @@ def test_cli_stores_the_metadata_in_the_output(tmp_path, capsys):
     assert "--attention-metadata: needs --max-documents-per-row" in capsys.readouterr().err
     assert cli.main([*argv[:-2], "--attention-metadata"]) != 0
     assert "give -o" in capsys.readouterr().err
+
+
+class _Rows(grain.DatasetIterator):
+    """Rows given as a list (copies, read-only views...): what the wrapper must handle."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self._rows, self._next = rows, 0
+
+    def __next__(self):
+        if self._next == len(self._rows):
+            raise StopIteration
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def get_state(self):
+        return {"next": self._next}
+
+    def set_state(self, state):
+        self._next = state["next"]
+
+
+def test_rows_that_are_not_window_views_get_their_own_call(backend, monkeypatch):
+    calls = []
+    original = attention_rows.row_metadata
+    monkeypatch.setattr(attention_rows, "row_metadata",
+                        lambda seg, **kw: calls.append(seg.shape[0]) or original(seg, **kw))
+    seg = np.array([[1, 1, 2, 0], [1, 2, 2, 3], [0, 1, 1, 1], [1, 1, 1, 1]], np.int32)
+    frozen = seg.copy()
+    frozen.flags.writeable = False  # a read-only window: its rows are still found
+    rows = ([{"inputs_segmentation": row.copy()} for row in seg]  # copies: one call each
+            + [{"inputs_segmentation": frozen[i]} for i in (2, 0, 3, 1)]  # shuffled rows of one window
+            + [{"inputs_segmentation": list(seg[0])}])  # not even an array
+    got = list(AttentionRowsIterator(_Rows(rows), 3))
+    assert calls == [1, 1, 1, 1, 4, 1]
+    want = attention_metadata(seg, max_segments=3)
+    for i, row in enumerate(got):
+        source = [0, 1, 2, 3, 2, 0, 3, 1, 0][i]
+        np.testing.assert_array_equal(row["seq_lengths"], want["seq_lengths"][source])
+        np.testing.assert_array_equal(row["seq_offsets"], want["seq_offsets"][source])
