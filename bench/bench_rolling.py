@@ -8,8 +8,9 @@ means 90, 420 and 600 tokens, 40,000 documents, 2,048-token rows):
   best-fit-decreasing), and writes the plot ``docs/_static/fill_vs_bins.png``
   (``--plot PATH`` to write it elsewhere, ``--no-plot`` to skip it);
 - what rolling best fit's checkpoint points cost in fill at 8 bins;
-- rolling best fit's placement time per piece at 8 to 4,096 bins (the compiled kernel
-  alone: push + rows out, median of 5) next to grain-rule first-fit placement.
+- rolling best fit's placement time per piece at 8 to 4,096 bins (the kernel alone:
+  push + rows out, median of 7 of CPU time) next to grain-rule first-fit placement
+  (``--only-speed`` prints only these).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import statistics
 import sys
+import time
 
 import numpy as np
 
 from xbatch import kernels
-from xbatch.compare import median_seconds
 from xbatch.packing import pack_documents
 from xbatch.packing.rolling import RollingOptions, pack_rolling
 
@@ -68,30 +70,44 @@ def checkpoint_costs(mean: float, num_bins: int = 8) -> list[tuple[str, float]]:
     return rows
 
 
-def placement_speed(bin_counts=(8, 64, 512, 4096), num_pieces: int = 400_000) -> list[tuple[int, float, float]]:
-    """(bins, rolling ns/piece, grain-rule first-fit ns/piece), compiled or active backend."""
+def placement_speed(bin_counts=(8, 64, 512, 4096), num_pieces: int = 400_000,
+                    repeats: int = 7) -> list[tuple[int, float, float, float]]:
+    """(bins, rolling ns/piece, rolling drain ns/piece, grain-rule first-fit ns/piece) on
+    the active backend: medians of ``repeats`` rounds of process CPU time (the machine
+    may be shared; wall time would count other processes' turns), the cases interleaved
+    in each round so that a busy spell hits all of them.
+
+    Rolling: a new packer, every piece pushed, the rows taken out (placement). Its drain
+    (best-fit-decreasing of what is held at the end, once per checkpoint interval) is
+    timed apart and spread over the default interval, ``1024 * bins`` pieces. First fit:
+    :class:`xbatch.kernels.BinPacker` placing every piece with grain's window rule.
+    """
     rng = np.random.default_rng(1)
     lengths = np.clip(rng.lognormal(np.log(420) - 0.5, 1.0, num_pieces).astype(np.int64) + 1, 1, SEQ_LEN)
-    rows = []
-    for num_bins in bin_counts:
-        options = RollingOptions.for_bins(num_bins)
-
-        def rolling():
+    column = lengths.reshape(-1, 1)
+    times = {(num_bins, case): [] for num_bins in bin_counts for case in ("rolling", "drain", "first_fit")}
+    for round_index in range(repeats + 1):  # round 0 is a warm-up
+        for num_bins in bin_counts:
+            options = RollingOptions.for_bins(num_bins)
+            start = time.process_time()
             packer = options.packer(SEQ_LEN, num_bins)
             packer.push(lengths)
+            packer.take_rows()
+            middle = time.process_time()
             packer.drain()
             packer.take_rows()
-
-        def first_fit():
-            packer = kernels.BinPacker(SEQ_LEN, num_bins=num_bins)
-            column, out, start = lengths.reshape(-1, 1), np.empty(num_pieces, np.int64), 0
-            while start < num_pieces:
-                start += packer.place(column[start:], out[start:])
-                packer.reset()
-
-        rows.append((num_bins, median_seconds(rolling, 5) / num_pieces * 1e9,
-                     median_seconds(first_fit, 5) / num_pieces * 1e9))
-    return rows
+            end = time.process_time()
+            first_fit = kernels.BinPacker(SEQ_LEN, num_bins=num_bins)
+            out, placed = np.empty(num_pieces, np.int64), 0
+            while placed < num_pieces:
+                placed += first_fit.place(column[placed:], out[placed:])
+                first_fit.reset()
+            if round_index:
+                times[num_bins, "rolling"].append((middle - start) / num_pieces)
+                times[num_bins, "drain"].append((end - middle) / options.checkpoint_every)
+                times[num_bins, "first_fit"].append((time.process_time() - end) / num_pieces)
+    return [(num_bins, *(statistics.median(times[num_bins, case]) * 1e9 for case in ("rolling", "drain", "first_fit")))
+            for num_bins in bin_counts]
 
 
 def plot(tables: dict[float, dict[str, list[float]]], path: pathlib.Path) -> None:
@@ -123,11 +139,25 @@ def plot(tables: dict[float, dict[str, list[float]]], path: pathlib.Path) -> Non
     temporary.replace(path)  # written atomically: a committed image is never half a file
 
 
+def print_placement_speed() -> None:
+    print("placement, ns of CPU time per piece (median of 7; rolling: push + rows out, its drain spread over "
+          "the default checkpoint interval; first fit: grain's window rule)")
+    speeds = placement_speed()
+    for num_bins, rolling_ns, drain_ns, first_fit_ns in speeds:
+        print(f"  {num_bins:>5} bins  rolling_best_fit {rolling_ns:6.1f} (+ drain {drain_ns:4.1f})  "
+              f"first_fit {first_fit_ns:6.1f}  rolling/first_fit {rolling_ns / first_fit_ns:4.2f}x  "
+              f"speed vs 8 bins {speeds[0][1] / rolling_ns:4.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plot", type=pathlib.Path, default=PLOT)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--only-speed", action="store_true", help="only the placement times")
     args = parser.parse_args(argv)
+    if args.only_speed:
+        print_placement_speed()
+        return 0
     tables = {}
     for mean in MEANS:
         tables[mean] = table = fill_table(mean)
@@ -139,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rolling_best_fit at 8 bins, mean {mean}: fill (%) by checkpoint interval (pieces)")
         for every, value in checkpoint_costs(mean):
             print(f"  {every:>16}  {100 * value:.2f}")
-    print("placement, ns per piece (median of 5; rolling: push + rows out; first fit: grain's window rule)")
-    for num_bins, rolling_ns, first_fit_ns in placement_speed():
-        print(f"  {num_bins:>5} bins  rolling_best_fit {rolling_ns:7.1f}  first_fit {first_fit_ns:7.1f}")
+    print_placement_speed()
     if not args.no_plot:
         plot(tables, args.plot)
         print(f"wrote {args.plot}")

@@ -282,20 +282,20 @@ def kernel_tests(runner: Runner, examples: int):
     @common
     @given(capacity=st.one_of(st.integers(1, 12), SIZES), num_bins=st.one_of(st.integers(1, 4), SIZES),
            buffer_size=st.one_of(st.integers(0, 4), SIZES), buffer_wait=st.one_of(st.integers(0, 4), SIZES),
-           bin_wait=st.one_of(st.integers(1, 4), SIZES),
+           bin_wait=st.one_of(st.integers(1, 4), SIZES), max_items=st.one_of(st.none(), st.integers(1, 3), SIZES),
            ops=st.lists(st.one_of(st.tuples(st.just("push"), array_specs), st.tuples(st.just("drain"), st.none())),
                         max_size=8))
-    def rolling(capacity, num_bins, buffer_size, buffer_wait, bin_wait, ops):
+    def rolling(capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items, ops):
         def run(arena):
             p = kernels.RollingPacker(capacity, num_bins=num_bins, buffer_size=buffer_size,
-                                      buffer_wait=buffer_wait, bin_wait=bin_wait)
+                                      buffer_wait=buffer_wait, bin_wait=bin_wait, max_items=max_items)
             log = []
             for kind, arg in ops:
                 log.append(outcome(lambda: p.push(arena.array(*arg)) if kind == "push" else p.drain()))
                 ids, counts = p.take_rows()
                 log.append((ids.tolist(), counts.tolist(), p.held_ids().tolist()))
             return log
-        runner("RollingPacker", (capacity, num_bins, buffer_size, buffer_wait, bin_wait, ops), run)
+        runner("RollingPacker", (capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items, ops), run)
 
     return [scatter, pack, shifts, attention, packer] + [
         test for name, test in (("index_shuffle", shuffle), ("gather_ranges", gather), ("RollingPacker", rolling))

@@ -19,9 +19,9 @@ FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation", "target
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _packer(capacity, num_bins, buffer_size, buffer_wait, bin_wait):
+def _packer(capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items=None):
     return kernels.RollingPacker(capacity, num_bins=num_bins, buffer_size=buffer_size, buffer_wait=buffer_wait,
-                                 bin_wait=bin_wait)
+                                 bin_wait=bin_wait, max_items=max_items)
 
 
 def _run(packer, lengths, step=None):
@@ -48,35 +48,65 @@ def _run(packer, lengths, step=None):
 @settings(max_examples=40, **SETTINGS)
 @given(lengths=st.lists(st.integers(1, 20), max_size=120), num_bins=st.integers(1, 6),
        buffer_size=st.integers(0, 8), buffer_wait=st.integers(0, 30), bin_wait=st.integers(1, 30),
-       step=st.integers(1, 10))
+       step=st.integers(1, 10), max_items=st.one_of(st.none(), st.integers(1, 4)))
 def test_every_item_leaves_once_within_the_waiting_bound(backend, lengths, num_bins, buffer_size, buffer_wait,
-                                                         bin_wait, step):
+                                                         bin_wait, step, max_items):
     capacity = 20
-    packer = _packer(capacity, num_bins, buffer_size, buffer_wait, bin_wait)
+    arguments = (capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items)
+    packer = _packer(*arguments)
     rows, clocks = _run(packer, np.array(lengths, np.int64), step=1)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     for row, clock in zip(rows, clocks):
         assert 0 < sum(lengths[i] for i in row) <= capacity
+        assert max_items is None or len(row) <= max_items
         for i in row:  # pushed as item i (clock i + 1), out by clock i + 1 + max_wait
             assert clock - (i + 1) <= packer.max_wait
     # How the items are pushed does not change the rows, and both backends agree.
-    assert _run(_packer(capacity, num_bins, buffer_size, buffer_wait, bin_wait), np.array(lengths), step)[0] == rows
-    reference = _kernels_numpy.RollingPacker(capacity, num_bins, buffer_size, buffer_wait, bin_wait)
+    assert _run(_packer(*arguments), np.array(lengths), step)[0] == rows
+    reference = _kernels_numpy.RollingPacker(*arguments[:-1], max_items or 0)
     reference.push(np.array(lengths, np.int64))
     reference.drain()
     ids, sizes = reference.take_rows()
     assert [r.tolist() for r in np.split(ids, np.cumsum(sizes)[:-1])] == rows if rows else ids.size == 0
 
 
-def test_backends_agree_on_lognormal_lengths(backend):
+@pytest.mark.parametrize("max_items", [None, 3])
+def test_backends_agree_on_lognormal_lengths(backend, max_items):
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(np.log(60), 1.0, 3000).astype(np.int64) + 1, 1, 256)
-    got = _run(_packer(256, 16, 128, 1024, 2048), lengths, step=97)[0]
-    reference = _kernels_numpy.RollingPacker(256, 16, 128, 1024, 2048)
+    got = _run(_packer(256, 16, 128, 1024, 2048, max_items), lengths, step=97)[0]
+    reference = _kernels_numpy.RollingPacker(256, 16, 128, 1024, 2048, max_items or 0)
     reference.push(lengths)
     reference.drain()
     ids, sizes = reference.take_rows()
     assert got == [r.tolist() for r in np.split(ids, np.cumsum(sizes)[:-1])]
+
+
+def test_wide_bins_and_long_rows(backend):
+    """Bit trees of several levels (over 64**2 rooms and bins): the backends still agree."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 5000, 4000)
+    got = _run(_packer(5000, 5000, 64, 3000, 6000), lengths, step=1000)[0]
+    reference = _kernels_numpy.RollingPacker(5000, 5000, 64, 3000, 6000, 0)
+    reference.push(lengths)
+    reference.drain()
+    ids, sizes = reference.take_rows()
+    assert got == [r.tolist() for r in np.split(ids, np.cumsum(sizes)[:-1])]
+    assert sorted(i for row in got for i in row) == list(range(4000))
+
+
+def test_the_compiled_constructor_checks_its_bounds():
+    """The compiled kernel sizes its tables from these arguments: called without the
+    wrapper, out-of-range values raise instead of leaving tables too small."""
+    compiled = pytest.importorskip("xbatch._kernels")
+    good = dict(capacity=10, num_bins=2, buffer_size=1, buffer_wait=5, bin_wait=5, max_items=0)
+    for name, value in [("capacity", 0), ("capacity", 2**24 + 1), ("num_bins", 0), ("num_bins", 2**20 + 1),
+                        ("buffer_size", -1), ("buffer_size", 2**30 + 1), ("buffer_wait", -1), ("bin_wait", 0),
+                        ("max_items", -1)]:
+        with pytest.raises(ValueError):
+            compiled.RollingPacker(*{**good, name: value}.values())
+    packer = compiled.RollingPacker(*good.values())
+    assert packer.push(np.array([3, 11, 2], np.int64)) == 1 and packer.clock == 1
 
 
 def test_held_items_and_clock(backend):
@@ -85,12 +115,14 @@ def test_held_items_and_clock(backend):
     packer.push([6, 6, 3])  # 6 (id 1, the newest of the largest) -> bin 0; 6 (id 0) -> bin 1
     assert packer.clock == 3 and packer.num_held == 3
     np.testing.assert_array_equal(packer.held_ids(), [0, 1, 2])
-    packer.push([7])  # the 3 fits bin 0 best (room 4 -> 1); the 7 stays buffered
+    # The 3 fits both bins best (room 4): bin 1 got that room last, it takes the 3
+    # (room 1); the 7 stays buffered.
+    packer.push([7])
     assert [a.tolist() for a in packer.take_rows()] == [[], []]
-    packer.push([7])  # no 7 fits: the fullest bin (0) leaves, nothing tops it up
-    assert [a.tolist() for a in packer.take_rows()] == [[1, 2], [2]]
-    packer.drain()  # 7 (id 3), 7 (id 4, now in bin 0), 6 (id 0): one row each
-    assert [a.tolist() for a in packer.take_rows()] == [[3, 4, 0], [1, 1, 1]]
+    packer.push([7])  # no 7 fits: the fullest bin (1) leaves, nothing tops it up
+    assert [a.tolist() for a in packer.take_rows()] == [[0, 2], [2]]
+    packer.drain()  # 7 (id 3), 7 (id 4, now in bin 1), 6 (id 1): one row each
+    assert [a.tolist() for a in packer.take_rows()] == [[3, 4, 1], [1, 1, 1]]
     assert packer.clock == 0 and packer.num_held == 0
 
 
@@ -102,8 +134,9 @@ def test_lengths_outside_a_bin_are_refused(backend, bad):
     assert packer.clock == 1  # the item before was pushed, none after
 
 
-@pytest.mark.parametrize("name, value", [("capacity", 0), ("num_bins", 0), ("buffer_size", -1),
-                                         ("buffer_wait", -1), ("bin_wait", 0)])
+@pytest.mark.parametrize("name, value", [("capacity", 0), ("capacity", 2**24 + 1), ("num_bins", 0),
+                                         ("num_bins", 2**20 + 1), ("buffer_size", -1), ("buffer_size", 2**30 + 1),
+                                         ("buffer_wait", -1), ("bin_wait", 0), ("max_items", 0)])
 def test_arguments_are_checked(backend, name, value):
     kwargs = {**dict(capacity=10, num_bins=2, buffer_size=1, buffer_wait=5, bin_wait=5), name: value}
     with pytest.raises(ValueError, match=name):
@@ -236,3 +269,17 @@ def test_state_restores_only_into_the_same_packer(backend):
     other = iter(LLMPackIterDataset(_source(docs), algorithm="best_fit", **kwargs))
     with pytest.raises(ValueError, match="algorithm"):
         other.set_state(iterator.get_state())
+
+
+def test_a_state_of_the_ordered_set_kernel_is_refused(backend):
+    """That kernel broke ties between equally full bins otherwise: its states (without
+    the placement revision) would replay other rows."""
+    dataset = LLMPackIterDataset(_source(_docs(9, 30, 10)), seq_len=8, num_packing_bins=2, eod_token_id=E,
+                                 algorithm=ROLLING)
+    iterator = iter(dataset)
+    next(iterator)
+    state = iterator.get_state()
+    record = next(value for value in state.values() if isinstance(value, dict) and "arguments" in value)
+    del record["arguments"]["placement"]
+    with pytest.raises(ValueError, match="placement"):
+        iter(dataset).set_state(state)

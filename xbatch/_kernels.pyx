@@ -866,25 +866,144 @@ def gather_ranges(const corpus_token_t[::1] tokens, const int64_t[::1] starts,
 # Rolling best fit: bins that stay open (xbatch.packing.rolling)
 # ---------------------------------------------------------------------------------------
 
+from libc.stdint cimport uint64_t
 from libcpp.algorithm cimport sort as cpp_sort
-from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
+from cython.operator cimport dereference as deref, preincrement as inc
 
 ctypedef pair[int64_t, int64_t] i64pair
 ctypedef cpp_set[i64pair].iterator i64pair_iter
-cdef int64_t LARGEST = 0x7FFFFFFFFFFFFFFF
+
+cdef extern from *:
+    """
+    #include <cstdint>
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static inline int xb_lowest_bit(uint64_t w) { unsigned long i; _BitScanForward64(&i, w); return (int)i; }
+    static inline int xb_highest_bit(uint64_t w) { unsigned long i; _BitScanReverse64(&i, w); return (int)i; }
+    #else
+    static inline int xb_lowest_bit(uint64_t w) { return __builtin_ctzll(w); }
+    static inline int xb_highest_bit(uint64_t w) { return 63 - __builtin_clzll(w); }
+    #endif
+    """
+    # Index of the lowest / highest set bit of a non-zero word.
+    int lowest_bit "xb_lowest_bit"(uint64_t) nogil
+    int highest_bit "xb_highest_bit"(uint64_t) nogil
+
+
+cdef uint64_t ALL_BITS = 0xFFFFFFFFFFFFFFFF
+# Bounds the constructor checks (xbatch.kernels checks them first, with clear messages):
+# per-cell tables of the capacity, int32 bin and buffer-node indices.
+cdef int64_t MAX_ROLLING_CAPACITY = 1 << 24
+cdef int64_t MAX_ROLLING_BINS_C = 1 << 20
+cdef int64_t MAX_ROLLING_BUFFER = 1 << 30
+
+
+cdef class _BitTree:
+    """A set of integers in [0, size): 64-ary levels of bit words, so membership changes
+    and "smallest member >= i" / "largest member <= i" take O(log64 size) word reads
+    (3 for 2**18 values), whatever the number of members."""
+
+    cdef vector[vector[uint64_t]] levels  # levels[0] bit i: i is a member; levels[k + 1] bit j: word j of levels[k] != 0
+    cdef int64_t size
+
+    def __cinit__(self, int64_t size):
+        cdef int64_t words = (size + 63) >> 6
+        self.size = size
+        while True:
+            self.levels.push_back(vector[uint64_t](words, 0))
+            if words == 1:
+                break
+            words = (words + 63) >> 6
+
+    cdef inline void add(self, int64_t i) noexcept nogil:
+        cdef size_t k
+        for k in range(self.levels.size()):
+            self.levels[k][i >> 6] |= (<uint64_t>1) << (i & 63)
+            i >>= 6
+
+    cdef inline void discard(self, int64_t i) noexcept nogil:
+        cdef size_t k
+        for k in range(self.levels.size()):
+            self.levels[k][i >> 6] &= ~((<uint64_t>1) << (i & 63))
+            if self.levels[k][i >> 6]:
+                return  # the word above still has members
+            i >>= 6
+
+    cdef inline int64_t next_at_or_after(self, int64_t i) noexcept nogil:
+        """The smallest member >= i (i >= 0), or -1."""
+        cdef size_t k = 0
+        cdef int64_t word_index
+        cdef uint64_t word
+        while True:
+            word_index = i >> 6
+            if word_index >= <int64_t>self.levels[k].size():
+                return -1
+            word = self.levels[k][word_index] & (ALL_BITS << (i & 63))
+            if word:
+                i = (word_index << 6) + lowest_bit(word)
+                break
+            k += 1
+            if k == self.levels.size():
+                return -1
+            i = word_index + 1
+        while k > 0:
+            k -= 1
+            i = (i << 6) + lowest_bit(self.levels[k][i])
+        return i
+
+    cdef inline int64_t last_at_or_before(self, int64_t i) noexcept nogil:
+        """The largest member <= i (i < size), or -1."""
+        cdef size_t k = 0
+        cdef int64_t word_index
+        cdef uint64_t word
+        while i >= 0:
+            word_index = i >> 6
+            word = self.levels[k][word_index] & (ALL_BITS >> (63 - (i & 63)))
+            if word:
+                i = (word_index << 6) + highest_bit(word)
+                while k > 0:
+                    k -= 1
+                    i = (i << 6) + highest_bit(self.levels[k][i])
+                return i
+            k += 1
+            if k == self.levels.size():
+                return -1
+            i = word_index - 1
+        return -1
 
 
 cdef class RollingPacker:
     """Online best fit whose bins stay open; see ``xbatch/_kernels_numpy.py`` for the rule.
 
-    Ordered sets keep the bins by (free cells, bin) and by (opening time, bin) and the
-    look-ahead buffer by (length, id) and by (id, length): every step is O(log B + log K).
+    Flat structures, none of them per item allocated: bins are bucketed by the room they
+    have left (cells, 0..capacity), buffered items by length, and a :class:`_BitTree` over
+    each says which buckets are non-empty. Best fit is then "the smallest room >= length",
+    the item to move "the largest length <= room": O(log64 capacity) word reads each,
+    independent of the number of bins and of the buffer size. Buckets are intrusive
+    lists (the last bin or item in is the first out); empty bins are a bit tree of bin
+    indices (lowest first).
     """
 
-    cdef readonly int64_t capacity, num_bins, buffer_size, buffer_wait, bin_wait, clock
-    cdef vector[int64_t] _free, _opened
-    cdef vector[vector[i64pair]] _contents  # per bin: (id, length) in placement order
-    cdef cpp_set[i64pair] _by_free, _by_open, _buffer, _buffer_age
+    cdef readonly int64_t capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items, clock
+    # Bins: room left, items, opening clock (-1: empty), items in placement order.
+    cdef vector[int64_t] _room, _count, _opened
+    cdef vector[vector[i64pair]] _contents  # per bin: (id, length)
+    cdef _BitTree _rooms  # rooms (0..capacity) some bin has
+    cdef _BitTree _empty_bins  # bins holding nothing (room == capacity)
+    cdef vector[int32_t] _room_head  # per room < capacity: the last bin in, or -1
+    cdef vector[int32_t] _bin_next, _bin_prev  # the room lists, doubly linked
+    cdef vector[int32_t] _open_next, _open_prev  # open bins by opening clock, doubly linked
+    cdef int32_t _open_head, _open_tail
+    cdef int64_t _num_empty
+    cdef vector[int64_t] _expired  # scratch: bins whose wait ends at this push
+    # Buffer: nodes of a pool (free ones chained through _by_length_next).
+    cdef vector[int64_t] _node_length, _node_id
+    cdef vector[int32_t] _by_length_next, _by_length_prev  # per length, the newest first
+    cdef vector[int32_t] _age_next, _age_prev  # all of them, the oldest first
+    cdef vector[int32_t] _length_head  # per length (1..capacity): the newest node, or -1
+    cdef _BitTree _lengths  # lengths some buffered item has
+    cdef int32_t _age_head, _age_tail, _free_node
+    cdef int64_t _buffered
     cdef vector[int64_t] _out_items, _out_row_sizes
     cdef bint _busy
 
@@ -895,50 +1014,77 @@ cdef class RollingPacker:
         self._busy = True
         return 0
 
-    def __init__(self, capacity, num_bins, buffer_size, buffer_wait, bin_wait):
+    def __cinit__(self, int64_t capacity, int64_t num_bins, int64_t buffer_size, int64_t buffer_wait,
+                  int64_t bin_wait, int64_t max_items):
+        # The wrapper (xbatch.kernels.RollingPacker) validates these; the bounds that keep
+        # memory access in range are checked here too.
+        if not 1 <= capacity <= MAX_ROLLING_CAPACITY or not 1 <= num_bins <= MAX_ROLLING_BINS_C:
+            raise ValueError(f"capacity {capacity} or num_bins {num_bins} out of range")
+        if not 0 <= buffer_size <= MAX_ROLLING_BUFFER or buffer_wait < 0 or bin_wait < 1 or max_items < 0:
+            raise ValueError("buffer_size, buffer_wait, bin_wait or max_items out of range")
         self.capacity = capacity
         self.num_bins = num_bins
         self.buffer_size = buffer_size
         self.buffer_wait = buffer_wait
         self.bin_wait = bin_wait
-        self._free.assign(self.num_bins, self.capacity)
-        self._opened.assign(self.num_bins, -1)
-        self._contents.resize(self.num_bins)
-        self._reset()
+        self.max_items = max_items  # 0: no cap
+        self._room.assign(num_bins, capacity)
+        self._count.assign(num_bins, 0)
+        self._opened.assign(num_bins, -1)
+        self._contents.resize(num_bins)
+        self._rooms = _BitTree(capacity + 1)
+        self._empty_bins = _BitTree(num_bins)
+        self._room_head.assign(capacity, -1)
+        self._bin_next.assign(num_bins, -1)
+        self._bin_prev.assign(num_bins, -1)
+        self._open_next.assign(num_bins, -1)
+        self._open_prev.assign(num_bins, -1)
+        self._length_head.assign(capacity + 1, -1)
+        self._lengths = _BitTree(capacity + 1)
+        self._free_node = -1
+        self._buffered = 0
+        self._age_head = self._age_tail = -1
+        self._open_head = self._open_tail = -1
+        cdef int64_t b
+        for b in range(num_bins):
+            self._empty_bins.add(b)
+        self._num_empty = num_bins
+        self._rooms.add(capacity)
+        self.clock = 0
 
     cdef void _reset(self) noexcept nogil:
-        cdef int64_t b
+        """Back to the state after construction, keeping the memory (buffer and bins are
+        empty already: drain emptied them)."""
         self.clock = 0
-        self._by_free.clear()
-        self._by_open.clear()
-        self._buffer.clear()
-        self._buffer_age.clear()
-        for b in range(self.num_bins):
-            self._free[b] = self.capacity
-            self._opened[b] = -1
-            self._contents[b].clear()
-            self._by_free.insert(i64pair(self.capacity, b))
+        self._free_node = -1
+        self._node_length.clear()
+        self._node_id.clear()
+        self._by_length_next.clear()
+        self._by_length_prev.clear()
+        self._age_next.clear()
+        self._age_prev.clear()
 
     @property
     def num_held(self):
         """Items pushed and not yet in an emitted row."""
         cdef int64_t b, count
         self._enter()
-        count = self._buffer.size()
+        count = self._buffered
         for b in range(self.num_bins):
-            count += self._contents[b].size()
+            count += self._count[b]
         self._busy = False
         return count
 
     def held_ids(self):
         """int64[num_held]: the ids of the items not yet emitted, ascending."""
         cdef vector[int64_t] ids
-        cdef i64pair_iter it = self._buffer_age.begin()
         cdef int64_t b, i
+        cdef int32_t node
         self._enter()
-        while it != self._buffer_age.end():
-            ids.push_back(deref(it).first)
-            inc(it)
+        node = self._age_head
+        while node != -1:
+            ids.push_back(self._node_id[node])
+            node = self._age_next[node]
         for b in range(self.num_bins):
             for i in range(<int64_t>self._contents[b].size()):
                 ids.push_back(self._contents[b][i].first)
@@ -974,37 +1120,47 @@ cdef class RollingPacker:
             self._busy = False
 
     cdef void _drain(self) noexcept nogil:
+        # Once per checkpoint interval: ordered sets are fine here.
         cdef vector[i64pair] items  # (-length, id)
         cdef vector[vector[i64pair]] rows
         cdef vector[int64_t] room
         cdef cpp_set[i64pair] by_room
         cdef i64pair_iter it
         cdef int64_t b, i, length, row
-        if True:
-            it = self._buffer.begin()
-            while it != self._buffer.end():
-                items.push_back(i64pair(-deref(it).first, deref(it).second))
-                inc(it)
-            for b in range(self.num_bins):
-                for i in range(<int64_t>self._contents[b].size()):
-                    items.push_back(i64pair(-self._contents[b][i].second, self._contents[b][i].first))
-            cpp_sort(items.begin(), items.end())
-            for i in range(<int64_t>items.size()):
-                length = -items[i].first
-                it = by_room.lower_bound(i64pair(length, -1))
-                if it == by_room.end():
-                    row = rows.size()
-                    rows.push_back(vector[i64pair]())
-                    room.push_back(self.capacity)
-                else:
-                    row = deref(it).second
-                    by_room.erase(it)
-                room[row] -= length
+        cdef int32_t node = self._age_head
+        while node != -1:
+            items.push_back(i64pair(-self._node_length[node], self._node_id[node]))
+            node = self._age_next[node]
+        for b in range(self.num_bins):
+            for i in range(<int64_t>self._contents[b].size()):
+                items.push_back(i64pair(-self._contents[b][i].second, self._contents[b][i].first))
+        cpp_sort(items.begin(), items.end())
+        for i in range(<int64_t>items.size()):
+            length = -items[i].first
+            it = by_room.lower_bound(i64pair(length, -1))
+            if it == by_room.end():
+                row = rows.size()
+                rows.push_back(vector[i64pair]())
+                room.push_back(self.capacity)
+            else:
+                row = deref(it).second
+                by_room.erase(it)
+            room[row] -= length
+            rows[row].push_back(i64pair(items[i].second, length))
+            if self.max_items == 0 or <int64_t>rows[row].size() < self.max_items:
                 by_room.insert(i64pair(room[row], row))
-                rows[row].push_back(i64pair(items[i].second, length))
-            for row in range(<int64_t>rows.size()):
-                self._emit(rows[row])
-            self._reset()
+        for row in range(<int64_t>rows.size()):
+            self._emit(rows[row])
+        # Empty every bin and the buffer.
+        while self._age_head != -1:
+            self._unbuffer(self._age_head)
+        for b in range(self.num_bins):
+            if self._room[b] != self.capacity:
+                self._contents[b].clear()
+                self._count[b] = 0
+                self._move_bin(b, self.capacity)
+                self._unlink_open(b)
+        self._reset()
 
     def take_rows(self):
         """(int64[items] ids, int64[rows] items per row) of the rows emitted since the
@@ -1024,81 +1180,189 @@ cdef class RollingPacker:
             self._out_items.push_back(items[i].first)
         self._out_row_sizes.push_back(items.size())
 
-    cdef void _push_one(self, int64_t length) noexcept nogil:
-        cdef int64_t item = self.clock, room
-        cdef i64pair entry
-        cdef i64pair_iter it
-        self.clock += 1
-        self._buffer.insert(i64pair(length, item))
-        self._buffer_age.insert(i64pair(item, length))
-        while not self._buffer_age.empty():  # the oldest has waited long enough
-            entry = deref(self._buffer_age.begin())
-            if self.clock - (entry.first + 1) < self.buffer_wait:
-                break
-            self._take(entry.second, entry.first)
-        while <int64_t>self._buffer.size() > self.buffer_size:
-            # The largest item that fits some bin; if none does, the largest.
-            it = self._by_free.end()
-            dec(it)
-            room = deref(it).first
-            it = self._buffer.upper_bound(i64pair(room, LARGEST))
-            if it == self._buffer.begin():
-                it = self._buffer.end()
-            dec(it)
-            entry = deref(it)
-            self._take(entry.first, entry.second)
-        while not self._by_open.empty():  # close bins open too long
-            entry = deref(self._by_open.begin())
-            if self.clock - entry.first < self.bin_wait:
-                break
-            self._close(entry.second)
+    # --- the bins' room buckets -------------------------------------------------------
 
-    cdef void _take(self, int64_t length, int64_t item) noexcept nogil:
-        """Moves an item from the buffer into the best bin."""
-        cdef i64pair_iter it
+    cdef inline int64_t _bin_with_room(self, int64_t room) noexcept nogil:
+        """A bin with exactly ``room`` cells left (a member of _rooms): the lowest empty
+        bin, or the last bin that got this room."""
+        if room == self.capacity:
+            return self._empty_bins.next_at_or_after(0)
+        return self._room_head[room]
+
+    cdef inline void _move_bin(self, int64_t b, int64_t room) noexcept nogil:
+        """Moves bin ``b`` from its room's bucket to ``room``'s."""
+        cdef int64_t old = self._room[b]
+        cdef int32_t next_bin, prev_bin
+        if old == self.capacity:
+            self._empty_bins.discard(b)
+            self._num_empty -= 1
+            if self._num_empty == 0:
+                self._rooms.discard(old)
+        else:
+            next_bin, prev_bin = self._bin_next[b], self._bin_prev[b]
+            if prev_bin >= 0:
+                self._bin_next[prev_bin] = next_bin
+            else:
+                self._room_head[old] = next_bin
+                if next_bin < 0:
+                    self._rooms.discard(old)
+            if next_bin >= 0:
+                self._bin_prev[next_bin] = prev_bin
+        self._room[b] = room
+        self._rooms.add(room)
+        if room == self.capacity:
+            self._empty_bins.add(b)
+            self._num_empty += 1
+        else:
+            next_bin = self._room_head[room]
+            self._bin_next[b] = next_bin
+            self._bin_prev[b] = -1
+            if next_bin >= 0:
+                self._bin_prev[next_bin] = <int32_t>b
+            self._room_head[room] = <int32_t>b
+
+    cdef inline void _unlink_open(self, int64_t b) noexcept nogil:
+        cdef int32_t next_bin = self._open_next[b], prev_bin = self._open_prev[b]
+        if prev_bin >= 0:
+            self._open_next[prev_bin] = next_bin
+        else:
+            self._open_head = next_bin
+        if next_bin >= 0:
+            self._open_prev[next_bin] = prev_bin
+        else:
+            self._open_tail = prev_bin
+        self._opened[b] = -1
+
+    # --- the buffer ---------------------------------------------------------------------
+
+    cdef inline void _buffer(self, int64_t length, int64_t item) noexcept nogil:
+        cdef int32_t node = self._free_node
+        if node >= 0:
+            self._free_node = self._by_length_next[node]
+        else:
+            node = <int32_t>self._node_length.size()
+            self._node_length.push_back(0)
+            self._node_id.push_back(0)
+            self._by_length_next.push_back(-1)
+            self._by_length_prev.push_back(-1)
+            self._age_next.push_back(-1)
+            self._age_prev.push_back(-1)
+        self._node_length[node] = length
+        self._node_id[node] = item
+        self._by_length_prev[node] = -1
+        self._by_length_next[node] = self._length_head[length]
+        if self._length_head[length] >= 0:
+            self._by_length_prev[self._length_head[length]] = node
+        self._length_head[length] = node
+        self._lengths.add(length)
+        self._age_next[node] = -1
+        self._age_prev[node] = self._age_tail
+        if self._age_tail >= 0:
+            self._age_next[self._age_tail] = node
+        else:
+            self._age_head = node
+        self._age_tail = node
+        self._buffered += 1
+
+    cdef inline void _unbuffer(self, int32_t node) noexcept nogil:
+        """Takes ``node`` out of the buffer (back to the free nodes)."""
+        cdef int64_t length = self._node_length[node]
+        cdef int32_t next_node = self._by_length_next[node], prev_node = self._by_length_prev[node]
+        if prev_node >= 0:
+            self._by_length_next[prev_node] = next_node
+        else:
+            self._length_head[length] = next_node
+            if next_node < 0:
+                self._lengths.discard(length)
+        if next_node >= 0:
+            self._by_length_prev[next_node] = prev_node
+        next_node, prev_node = self._age_next[node], self._age_prev[node]
+        if prev_node >= 0:
+            self._age_next[prev_node] = next_node
+        else:
+            self._age_head = next_node
+        if next_node >= 0:
+            self._age_prev[next_node] = prev_node
+        else:
+            self._age_tail = prev_node
+        self._by_length_next[node] = self._free_node
+        self._free_node = node
+        self._buffered -= 1
+
+    cdef inline int32_t _largest_buffered(self, int64_t room) noexcept nogil:
+        """The newest buffered item of the largest length <= room, or -1."""
+        cdef int64_t length = self._lengths.last_at_or_before(room)
+        return -1 if length < 0 else self._length_head[length]
+
+    # --- the rule -------------------------------------------------------------------------
+
+    cdef void _push_one(self, int64_t length) noexcept nogil:
+        cdef int32_t node
+        cdef int64_t opened, i
+        self._buffer(length, self.clock)
+        self.clock += 1
+        # The oldest has waited long enough.
+        while self._age_head >= 0 and self.clock - (self._node_id[self._age_head] + 1) >= self.buffer_wait:
+            self._take(self._age_head)
+        while self._buffered > self.buffer_size:
+            # The largest item that fits some bin; if none does, the largest.
+            node = self._largest_buffered(self._rooms.last_at_or_before(self.capacity))
+            self._take(node if node >= 0 else self._largest_buffered(self.capacity))
+        # Close bins open too long: the oldest first, bins opened together by index.
+        while self._open_head >= 0 and self.clock - self._opened[self._open_head] >= self.bin_wait:
+            opened = self._opened[self._open_head]
+            self._expired.clear()
+            while self._open_head >= 0 and self._opened[self._open_head] == opened:
+                self._expired.push_back(self._open_head)
+                self._unlink_open(self._open_head)
+            cpp_sort(self._expired.begin(), self._expired.end())
+            for i in range(<int64_t>self._expired.size()):
+                self._close(self._expired[i])
+
+    cdef void _take(self, int32_t node) noexcept nogil:
+        """Moves a buffered item into the best bin: the fullest with room."""
+        cdef int64_t length = self._node_length[node], item = self._node_id[node]
         cdef int64_t room, b
-        self._buffer.erase(i64pair(length, item))
-        self._buffer_age.erase(i64pair(item, length))
-        it = self._by_free.lower_bound(i64pair(length, -1))
-        if it == self._by_free.end():  # fits no bin: close the fullest
-            self._close(deref(self._by_free.begin()).second)
-            it = self._by_free.lower_bound(i64pair(length, -1))
-            if it == self._by_free.end():  # longer than a bin: push() never lets it in
-                return
-        room = deref(it).first
-        b = deref(it).second
-        self._by_free.erase(it)
-        self._by_free.insert(i64pair(room - length, b))
-        self._free[b] = room - length
+        self._unbuffer(node)
+        room = self._rooms.next_at_or_after(length)
+        if room < 0:  # fits no bin: close the fullest (none is empty: an empty bin fits it)
+            self._close(self._bin_with_room(self._rooms.next_at_or_after(0)))
+            room = self.capacity
+        b = self._bin_with_room(room)
+        self._move_bin(b, room - length)
         if self._opened[b] < 0:
             self._opened[b] = self.clock
-            self._by_open.insert(i64pair(self.clock, b))
+            self._open_next[b] = -1
+            self._open_prev[b] = self._open_tail
+            if self._open_tail >= 0:
+                self._open_next[self._open_tail] = <int32_t>b
+            else:
+                self._open_head = <int32_t>b
+            self._open_tail = <int32_t>b
         self._contents[b].push_back(i64pair(item, length))
+        self._count[b] += 1
+        if self._count[b] == self.max_items:  # at the cap: nothing else goes in
+            self._close(b)
 
     cdef void _close(self, int64_t b) noexcept nogil:
-        """Tops bin ``b`` up from the buffer (largest fitting item first), emits it and
-        empties it."""
-        cdef int64_t room = self._free[b]
-        cdef i64pair_iter it
-        cdef i64pair entry
-        while room > 0 and not self._buffer.empty():
-            it = self._buffer.upper_bound(i64pair(room, LARGEST))
-            if it == self._buffer.begin():
+        """Tops bin ``b`` up from the buffer (the largest item that fits first, up to the
+        cap), emits it and empties it."""
+        cdef int64_t room = self._room[b]
+        cdef int32_t node
+        while room > 0 and (self.max_items == 0 or self._count[b] < self.max_items):
+            node = self._largest_buffered(room)
+            if node < 0:
                 break
-            dec(it)
-            entry = deref(it)
-            self._buffer.erase(it)
-            self._buffer_age.erase(i64pair(entry.second, entry.first))
-            self._contents[b].push_back(i64pair(entry.second, entry.first))
-            room -= entry.first
+            self._contents[b].push_back(i64pair(self._node_id[node], self._node_length[node]))
+            self._count[b] += 1
+            room -= self._node_length[node]
+            self._unbuffer(node)
         self._emit(self._contents[b])
         self._contents[b].clear()
-        self._by_free.erase(i64pair(self._free[b], b))
-        self._free[b] = self.capacity
-        self._by_free.insert(i64pair(self.capacity, b))
+        self._count[b] = 0
+        self._move_bin(b, self.capacity)
         if self._opened[b] >= 0:
-            self._by_open.erase(i64pair(self._opened[b], b))
-            self._opened[b] = -1
+            self._unlink_open(b)
 
 
 cdef object _to_numpy(vector[int64_t]& values):
@@ -1107,6 +1371,8 @@ cdef object _to_numpy(vector[int64_t]& values):
     if values.size():
         memcpy(&view[0], values.data(), values.size() * sizeof(int64_t))
     return out
+
+
 # --- Concat-then-split: grain's ConcatThenSplitIterDataset's cutting, as a plan ------
 
 cdef struct _CtsRun:

@@ -447,27 +447,33 @@ class RollingPacker:
     2. while the oldest buffered item has waited ``buffer_wait`` pushes
        (``clock - (id + 1) >= buffer_wait``), moves it into a bin;
     3. while the buffer holds more than ``buffer_size`` items, moves the largest item
-       that fits some bin (ties: the newest), or the largest if none fits, into a bin;
+       that fits some bin, or the largest if none fits, into a bin (ties between equal
+       lengths: the newest);
     4. while a bin has been open ``bin_wait`` pushes (``clock - opened >= bin_wait``,
-       ``opened`` the clock when it took its first item), closes it, oldest first.
+       ``opened`` the clock when it took its first item), closes it: the oldest first,
+       bins opened at the same clock lowest index first.
 
-    An item moves into the fullest bin with room (best fit, ties to the lowest bin);
-    when no bin has room, the fullest bin is closed first and takes it. Closing a bin
-    tops it up from the buffer (the largest item that fits the room left, repeatedly),
-    emits it as a row and empties it. So an item is in an emitted row at the latest
-    ``buffer_wait + bin_wait`` pushes after its own. ``drain()`` places every held item
-    best-fit-decreasing into new rows, emits them and starts over with id 0.
+    An item moves into the fullest bin with room (best fit); when no bin has room, the
+    fullest bin is closed first and takes it. Ties between bins with the same room: the
+    lowest-index bin if they are empty, else the bin that got that room last. A bin that
+    reaches ``max_items`` items (0: no cap) is closed at once. Closing a bin tops it up
+    from the buffer (the largest item that fits the room left, newest first, while it
+    holds fewer than ``max_items``), emits it as a row and empties it. So an item is in an
+    emitted row at the latest ``buffer_wait + bin_wait`` pushes after its own. ``drain()``
+    places every held item best-fit-decreasing into new rows (at most ``max_items``
+    each), emits them and starts over with id 0.
 
-    Sorted lists stand in for the compiled backend's ordered sets: the same order, the
-    same ties, the same rows.
+    Dicts (insertion-ordered) stand in for the compiled backend's per-room and
+    per-length lists and sorted lists for its bit trees: the same choices, the same rows.
     """
 
-    def __init__(self, capacity, num_bins, buffer_size, buffer_wait, bin_wait):
+    def __init__(self, capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items):
         self.capacity = int(capacity)
         self.num_bins = int(num_bins)
         self.buffer_size = int(buffer_size)
         self.buffer_wait = int(buffer_wait)
         self.bin_wait = int(bin_wait)
+        self.max_items = int(max_items)  # 0: no cap
         self._out_items: list[int] = []
         self._out_row_sizes: list[int] = []
         self._lock = threading.Lock()
@@ -484,20 +490,23 @@ class RollingPacker:
 
     def _reset(self) -> None:
         self.clock = 0
-        self._free = [self.capacity] * self.num_bins
+        self._room = [self.capacity] * self.num_bins
         self._opened = [-1] * self.num_bins
         self._contents: list[list[tuple[int, int]]] = [[] for _ in range(self.num_bins)]  # (id, length)
-        self._by_free = [(self.capacity, b) for b in range(self.num_bins)]
-        self._by_open: list[tuple[int, int]] = []
-        self._buffer: list[tuple[int, int]] = []  # (length, id), sorted
-        self._buffer_age: list[tuple[int, int]] = []  # (id, length), sorted
+        self._empty_bins = list(range(self.num_bins))  # sorted
+        self._bins_by_room: dict[int, dict[int, None]] = {}  # room < capacity -> bins, the last in last
+        self._rooms: list[int] = [self.capacity]  # sorted: rooms some bin has
+        self._open: dict[int, int] = {}  # open bin -> opening clock, the oldest first
+        self._by_length: dict[int, dict[int, None]] = {}  # length -> buffered ids, the newest last
+        self._lengths: list[int] = []  # sorted: lengths some buffered item has
+        self._age: dict[int, int] = {}  # buffered id -> length, the oldest first
 
     @property
     def num_held(self) -> int:
-        return len(self._buffer) + sum(len(items) for items in self._contents)
+        return len(self._age) + sum(len(items) for items in self._contents)
 
     def held_ids(self) -> np.ndarray:
-        ids = [item for item, _ in self._buffer_age] + [item for items in self._contents for item, _ in items]
+        ids = list(self._age) + [item for items in self._contents for item, _ in items]
         return np.array(sorted(ids), dtype=np.int64)
 
     def push(self, lengths: np.ndarray) -> int:
@@ -513,11 +522,11 @@ class RollingPacker:
             self._drain()
 
     def _drain(self) -> None:
-        items = sorted([(-length, item) for length, item in self._buffer]
+        items = sorted([(-length, item) for item, length in self._age.items()]
                        + [(-length, item) for items in self._contents for item, length in items])
         rows: list[list[tuple[int, int]]] = []
         room: list[int] = []
-        by_room: list[tuple[int, int]] = []
+        by_room: list[tuple[int, int]] = []  # rows that take more: (room, row), sorted
         for negative, item in items:
             length = -negative
             i = bisect.bisect_left(by_room, (length, -1))
@@ -528,8 +537,9 @@ class RollingPacker:
             else:
                 row = by_room.pop(i)[1]
             room[row] -= length
-            bisect.insort(by_room, (room[row], row))
             rows[row].append((item, length))
+            if not self.max_items or len(rows[row]) < self.max_items:
+                bisect.insort(by_room, (room[row], row))
         for row_items in rows:
             self._emit(row_items)
         self._reset()
@@ -543,57 +553,102 @@ class RollingPacker:
         self._out_items.extend(item for item, _ in items)
         self._out_row_sizes.append(len(items))
 
+    # The bins' rooms.
+
+    def _bin_with_room(self, room: int) -> int:
+        if room == self.capacity:
+            return self._empty_bins[0]
+        return next(reversed(self._bins_by_room[room]))
+
+    def _move_bin(self, b: int, room: int) -> None:
+        old = self._room[b]
+        if old == self.capacity:
+            self._empty_bins.remove(b)
+            empty = not self._empty_bins
+        else:
+            del self._bins_by_room[old][b]
+            empty = not self._bins_by_room[old]
+            if empty:
+                del self._bins_by_room[old]
+        if empty:
+            self._rooms.remove(old)
+        if room == self.capacity:
+            bisect.insort(self._empty_bins, b)
+            added = len(self._empty_bins) == 1
+        else:
+            added = room not in self._bins_by_room
+            self._bins_by_room.setdefault(room, {})[b] = None
+        if added:
+            bisect.insort(self._rooms, room)
+        self._room[b] = room
+
+    # The buffer.
+
+    def _largest_buffered(self, room: int) -> int | None:
+        """The newest buffered item of the largest length <= room, or None."""
+        i = bisect.bisect_right(self._lengths, room)
+        return None if i == 0 else next(reversed(self._by_length[self._lengths[i - 1]]))
+
+    def _unbuffer(self, item: int) -> int:
+        length = self._age.pop(item)
+        del self._by_length[length][item]
+        if not self._by_length[length]:
+            del self._by_length[length]
+            self._lengths.remove(length)
+        return length
+
+    # The rule.
+
     def _push_one(self, length: int) -> None:
         item = self.clock
         self.clock += 1
-        bisect.insort(self._buffer, (length, item))
-        self._buffer_age.append((item, length))  # ids only grow: stays sorted
-        while self._buffer_age and self.clock - (self._buffer_age[0][0] + 1) >= self.buffer_wait:
-            oldest, oldest_length = self._buffer_age[0]
-            self._take(oldest_length, oldest)
-        while len(self._buffer) > self.buffer_size:
-            room = self._by_free[-1][0]
-            i = bisect.bisect_right(self._buffer, (room, _LARGEST)) - 1
-            self._take(*self._buffer[i if i >= 0 else -1])
-        while self._by_open and self.clock - self._by_open[0][0] >= self.bin_wait:
-            self._close(self._by_open[0][1])
+        self._age[item] = length
+        if length not in self._by_length:
+            bisect.insort(self._lengths, length)
+        self._by_length.setdefault(length, {})[item] = None
+        while self._age and self.clock - (next(iter(self._age)) + 1) >= self.buffer_wait:
+            self._take(next(iter(self._age)))
+        while len(self._age) > self.buffer_size:
+            item = self._largest_buffered(self._rooms[-1])
+            self._take(self._largest_buffered(self.capacity) if item is None else item)
+        while self._open and self.clock - next(iter(self._open.values())) >= self.bin_wait:
+            opened = next(iter(self._open.values()))
+            for b in sorted(b for b, clock in self._open.items() if clock == opened):
+                self._close(b)
 
-    def _take(self, length: int, item: int) -> None:
-        self._buffer.remove((length, item))
-        self._buffer_age.remove((item, length))
-        i = bisect.bisect_left(self._by_free, (length, -1))
-        if i == len(self._by_free):
-            self._close(self._by_free[0][1])
-            i = bisect.bisect_left(self._by_free, (length, -1))
-        room, b = self._by_free.pop(i)
-        bisect.insort(self._by_free, (room - length, b))
-        self._free[b] = room - length
+    def _take(self, item: int) -> None:
+        length = self._unbuffer(item)
+        i = bisect.bisect_left(self._rooms, length)
+        if i == len(self._rooms):  # fits no bin: close the fullest (none is empty)
+            self._close(self._bin_with_room(self._rooms[0]))
+            i = bisect.bisect_left(self._rooms, length)
+        room = self._rooms[i]
+        b = self._bin_with_room(room)
+        self._move_bin(b, room - length)
         if self._opened[b] < 0:
             self._opened[b] = self.clock
-            bisect.insort(self._by_open, (self.clock, b))
+            self._open[b] = self.clock
         self._contents[b].append((item, length))
+        if len(self._contents[b]) == self.max_items:  # at the cap: nothing else goes in
+            self._close(b)
 
     def _close(self, b: int) -> None:
-        room = self._free[b]
-        while room > 0 and self._buffer:
-            i = bisect.bisect_right(self._buffer, (room, _LARGEST)) - 1
-            if i < 0:
+        room = self._room[b]
+        while room > 0 and (not self.max_items or len(self._contents[b]) < self.max_items):
+            item = self._largest_buffered(room)
+            if item is None:
                 break
-            length, item = self._buffer.pop(i)
-            self._buffer_age.remove((item, length))
+            length = self._unbuffer(item)
             self._contents[b].append((item, length))
             room -= length
         self._emit(self._contents[b])
         self._contents[b] = []
-        self._by_free.remove((self._free[b], b))
-        self._free[b] = self.capacity
-        bisect.insort(self._by_free, (self.capacity, b))
+        self._move_bin(b, self.capacity)
         if self._opened[b] >= 0:
-            self._by_open.remove((self._opened[b], b))
+            del self._open[b]
             self._opened[b] = -1
 
 
-_LARGEST = 2**63 - 1
 # --- Concat-then-split: grain's ConcatThenSplitIterDataset's cutting, as a plan ------
 
 EMPTY_SLICE = -1  # a (start, stop) of (-1, -1): the whole feature, never cut

@@ -528,6 +528,8 @@ def gather_ranges(tokens: np.ndarray, starts: Any, ends: Any, out: np.ndarray | 
 
 
 MAX_ROLLING_BINS = 2**20  # open bins are allocated up front: ~100 bytes each
+MAX_ROLLING_CAPACITY = 2**24  # tables per cell of capacity: ~9 bytes per cell
+MAX_ROLLING_BUFFER = 2**30  # int32 buffer-node indices
 
 
 class RollingPacker:
@@ -536,29 +538,38 @@ class RollingPacker:
     Items (lengths in cells) get ids 0, 1, ... in push order. An item enters a buffer of
     ``buffer_size`` items; the largest buffered item that fits some bin moves into the
     fullest bin with room (best fit); when none has room, the fullest bin is emitted
-    first. A bin is emitted when an item fits nowhere else, or ``bin_wait`` pushes after
-    it took its first item; before it leaves, the largest buffered items that fit top it
-    up. A buffered item moves into a bin at the latest ``buffer_wait`` pushes after its
-    own, so every item is in an emitted row at most ``buffer_wait + bin_wait`` pushes
-    after it was pushed (``max_wait``). Each push costs O(log num_bins + log buffer_size)
-    on the compiled backend. The exact rule is in ``xbatch/_kernels_numpy.py``.
+    first. A bin is emitted when an item fits nowhere else, when it holds ``max_items``
+    items, or ``bin_wait`` pushes after it took its first item; before it leaves, the
+    largest buffered items that fit top it up (up to ``max_items``). A buffered item moves
+    into a bin at the latest ``buffer_wait`` pushes after its own, so every item is in an
+    emitted row at most ``buffer_wait + bin_wait`` pushes after it was pushed
+    (``max_wait``). The exact rule, ties included, is in ``xbatch/_kernels_numpy.py``.
+
+    Cost: bins are bucketed by the cells they have left and buffered items by length,
+    with a 64-ary bit tree over each, so a push costs O(log64 capacity) word reads
+    (amortized: a push moves at most a few items), independent of ``num_bins`` and
+    ``buffer_size``. Memory: about 9 bytes per cell of capacity, 100 per bin and 40 per
+    buffered item.
 
     Args:
-      capacity: cells per bin (>= 1).
+      capacity: cells per bin (1..2**24).
       num_bins: open bins (1..2**20).
-      buffer_size: items held back to choose from (>= 0).
+      buffer_size: items held back to choose from (0..2**30).
       buffer_wait: pushes an item may wait in the buffer (>= 0).
       bin_wait: pushes a bin may stay open after its first item (>= 1).
+      max_items: at most this many items per bin (>= 1), or None for no cap.
     """
 
-    def __init__(self, capacity: int, *, num_bins: int, buffer_size: int, buffer_wait: int, bin_wait: int):
-        self.capacity = positive_int("capacity", capacity)
+    def __init__(self, capacity: int, *, num_bins: int, buffer_size: int, buffer_wait: int, bin_wait: int,
+                 max_items: int | None = None):
+        self.capacity = positive_int("capacity", capacity, maximum=MAX_ROLLING_CAPACITY)
         self.num_bins = positive_int("num_bins", num_bins, maximum=MAX_ROLLING_BINS)
-        self.buffer_size = positive_int("buffer_size", buffer_size, minimum=0)
+        self.buffer_size = positive_int("buffer_size", buffer_size, minimum=0, maximum=MAX_ROLLING_BUFFER)
         self.buffer_wait = positive_int("buffer_wait", buffer_wait, minimum=0)
         self.bin_wait = positive_int("bin_wait", bin_wait)
+        self.max_items = None if max_items is None else positive_int("max_items", max_items)
         self._impl = _backend.impl.RollingPacker(
-            self.capacity, self.num_bins, self.buffer_size, self.buffer_wait, self.bin_wait
+            self.capacity, self.num_bins, self.buffer_size, self.buffer_wait, self.bin_wait, self.max_items or 0
         )
 
     @property

@@ -3,8 +3,9 @@
 grain's window rule emits *all* bins when one document fits none. Here the bins stay
 open: pieces (EOD-terminated documents, or their row-sized parts) go through a small
 look-ahead buffer into the fullest bin with room, and only one bin leaves when nothing
-fits, topped up from the buffer first (:class:`xbatch.kernels.RollingPacker`, O(log B)
-per piece). Rows leave in the order their bins close.
+fits, topped up from the buffer first (:class:`xbatch.kernels.RollingPacker`: bins
+bucketed by the room they have left, a few word reads per piece whatever the number of
+bins). Rows leave in the order their bins close.
 
 Bounds, in pieces read (a document shorter than a row is one piece):
 

@@ -15,9 +15,13 @@ from .rolling import RollingOptions, _Arena, element_pieces
 from .stats import PackingStats
 
 
-# The state is the LLM packer's (see checkpoint.py); its arguments name the algorithm.
+# The state is the LLM packer's (see checkpoint.py); its arguments name the algorithm and
+# the placement rule's revision: the flat kernel (revision 2) breaks ties between equally
+# full bins unlike the ordered-set one (a state without it), so an older state would replay
+# other rows and is refused, naming "placement".
 _PACKER = "LLMPackIterDataset"
 _STATE_VERSION = 1
+_PLACEMENT = 2
 
 class RollingRowsIterator(grain.DatasetIterator):
     """Rows of rolling best fit, in the order their bins close.
@@ -71,7 +75,8 @@ class RollingRowsIterator(grain.DatasetIterator):
         return checkpoint.record_arguments(state, self._arguments(), packer=_PACKER, version=_STATE_VERSION)
 
     def _arguments(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self._options), "rolling": dataclasses.asdict(self._rolling)}
+        return {**dataclasses.asdict(self._options), "rolling": dataclasses.asdict(self._rolling),
+                "placement": _PLACEMENT}
 
     def set_state(self, state: dict[str, Any]) -> None:
         checkpoint.check_arguments(state, self._arguments(), packer=_PACKER, version=_STATE_VERSION)
