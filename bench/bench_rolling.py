@@ -1,7 +1,9 @@
 """Fill ratio against bins for every packing algorithm, rolling best fit's costs and speed.
 
 ``python bench/bench_rolling.py`` prints, for lognormal document lengths (sigma 1,
-means 90, 420 and 600 tokens, 40,000 documents, 2,048-token rows):
+means 90, 420 and 600 tokens, 40,000 documents) and for the lengths of two real corpora
+(``bench/data/real_lengths.npz``, made by ``bench/real_corpus.py``: English man pages and
+the Python standard library, byte-level BPE tokens), 2,048-token rows:
 
 - the fill ratio of each algorithm against the number of bins (grain's first-fit and
   best-fit windows, rolling best fit, and the bin-free concat-then-split and offline
@@ -10,7 +12,8 @@ means 90, 420 and 600 tokens, 40,000 documents, 2,048-token rows):
 - what rolling best fit's checkpoint points cost in fill at 8 bins;
 - rolling best fit's placement time per piece at 8 to 4,096 bins (the kernel alone:
   push + rows out, median of 7 of CPU time) next to grain-rule first-fit placement
-  (``--only-speed`` prints only these).
+  (``--only-speed`` prints only these; ``--only-streaming``: documents/s through
+  ``LLMPackIterDataset``, rolling best fit against first fit).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ BINS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 WINDOWED = ("first_fit", "best_fit", "rolling_best_fit")
 BIN_FREE = ("concat_then_split", "best_fit_decreasing")
 PLOT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "_static" / "fill_vs_bins.png"
+# Token counts of real documents (bench/real_corpus.py says what they are and makes them).
+REAL_LENGTHS = pathlib.Path(__file__).resolve().parent / "data" / "real_lengths.npz"
+REAL_NAMES = {"manpages": "English man pages", "python_docstrings": "Python 3.11 stdlib docstrings"}
 
 
 def lognormal_corpus(mean: float, count: int = NUM_DOCUMENTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,22 +50,32 @@ def lognormal_corpus(mean: float, count: int = NUM_DOCUMENTS, seed: int = 0) -> 
     return np.ones(int(lengths.sum()), np.int32), lengths
 
 
+def real_corpus(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 tokens, int64 lengths) with the lengths of a real corpus (token values do
+    not change placement)."""
+    with np.load(REAL_LENGTHS) as corpora:
+        lengths = corpora[name].astype(np.int64)
+    return np.ones(int(lengths.sum()), np.int32), lengths
+
+
 def fill(tokens, lengths, algorithm, bins=None) -> float:
     _, stats = pack_documents(tokens, lengths, seq_len=SEQ_LEN, eod_token_id=1, algorithm=algorithm,
                               num_packing_bins=bins, return_stats=True)
     return stats.fill_ratio
 
 
-def fill_table(mean: float) -> dict[str, list[float]]:
-    tokens, lengths = lognormal_corpus(mean)
+def fill_table(mean: float | str) -> dict[str, list[float]]:
+    """Fill by algorithm and bins, for lognormal lengths of ``mean`` or a real corpus's
+    lengths (``mean`` its name in ``REAL_LENGTHS``)."""
+    tokens, lengths = real_corpus(mean) if isinstance(mean, str) else lognormal_corpus(mean)
     table = {algorithm: [fill(tokens, lengths, algorithm, b) for b in BINS] for algorithm in WINDOWED}
     table.update({algorithm: [fill(tokens, lengths, algorithm)] * len(BINS) for algorithm in BIN_FREE})
     return table
 
 
-def checkpoint_costs(mean: float, num_bins: int = 8) -> list[tuple[str, float]]:
+def checkpoint_costs(mean: float | str, num_bins: int = 8) -> list[tuple[str, float]]:
     """Fill at ``num_bins`` for checkpoint intervals from 256 pieces to none at all."""
-    tokens, lengths = lognormal_corpus(mean)
+    tokens, lengths = real_corpus(mean) if isinstance(mean, str) else lognormal_corpus(mean)
     default = RollingOptions.for_bins(num_bins)
     rows = []
     for every in (256, 1024, default.checkpoint_every, 10**12):
@@ -110,7 +126,14 @@ def placement_speed(bin_counts=(8, 64, 512, 4096), num_pieces: int = 400_000,
             for num_bins in bin_counts]
 
 
-def plot(tables: dict[float, dict[str, list[float]]], path: pathlib.Path) -> None:
+def describe(mean: float | str) -> str:
+    if isinstance(mean, str):
+        lengths = real_corpus(mean)[1]
+        return f"{REAL_NAMES[mean]} ({lengths.shape[0]:,} documents, mean {lengths.mean():.0f} tokens)"
+    return f"lognormal lengths, mean {mean} tokens ({NUM_DOCUMENTS:,} documents)"
+
+
+def plot(tables: dict[float | str, dict[str, list[float]]], path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,25 +141,57 @@ def plot(tables: dict[float, dict[str, list[float]]], path: pathlib.Path) -> Non
 
     styles = {"first_fit": ("C0", "o", "-"), "best_fit": ("C1", "s", "-"), "rolling_best_fit": ("C2", "D", "-"),
               "concat_then_split": ("C3", None, ":"), "best_fit_decreasing": ("k", None, "--")}
-    figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.8), sharey=True)
-    for axis, (mean, table) in zip(np.atleast_1d(axes), tables.items()):
+    columns = min(3, len(tables))
+    rows = -(-len(tables) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.6 * rows), sharey=True, squeeze=False)
+    axes = axes.reshape(-1)
+    for axis in axes[len(tables):]:
+        axis.set_visible(False)
+    for axis, (mean, table) in zip(axes, tables.items()):
         for algorithm, values in table.items():
             color, marker, line = styles[algorithm]
             axis.plot(BINS, [100 * v for v in values], color=color, marker=marker, linestyle=line, markersize=4,
                       label=algorithm + (" (no bins)" if algorithm in BIN_FREE else ""))
         axis.set_xscale("log", base=2)
-        axis.set_title(f"lognormal lengths, mean {mean} tokens")
+        axis.set_title(describe(mean).replace(" (", "\n("), fontsize=9)
         axis.set_xlabel("bins (num_packing_bins)")
         axis.set_ylim(85, 100.2)
         axis.grid(True, alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("fill ratio (%)")
-    np.atleast_1d(axes)[0].legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"Fill ratio against bins ({NUM_DOCUMENTS:,} documents, {SEQ_LEN:,}-token rows)")
+    for row in range(rows):
+        axes[row * columns].set_ylabel("fill ratio (%)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"Fill ratio against bins ({SEQ_LEN:,}-token rows)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp.png")
     figure.savefig(temporary, dpi=110)
     temporary.replace(path)  # written atomically: a committed image is never half a file
+
+
+def streaming_speed(num_documents: int = 20_000, repeats: int = 3) -> dict[str, float]:
+    """Documents per second of CPU time through :class:`LLMPackIterDataset`, one document
+    per element from an in-memory grain source (lognormal lengths of mean 600, 8 bins,
+    every row consumed), for ``first_fit`` and ``rolling_best_fit``; medians of
+    ``repeats`` rounds, the algorithms alternating."""
+    import grain
+
+    from xbatch.packing import LLMPackIterDataset
+
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(600) - 0.5, 1.0, num_documents).astype(np.int64), 1, None)
+    documents = [rng.integers(0, 32000, n).astype(np.int32) for n in lengths]
+    times = {"first_fit": [], "rolling_best_fit": []}
+    for _ in range(repeats):
+        for algorithm in times:
+            source = grain.MapDataset.source(documents).to_iter_dataset(
+                grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+            dataset = LLMPackIterDataset(source, seq_len=SEQ_LEN, num_packing_bins=8, eod_token_id=1,
+                                         algorithm=algorithm)
+            start = time.process_time()
+            for _ in dataset:
+                pass
+            times[algorithm].append(time.process_time() - start)
+    return {algorithm: num_documents / statistics.median(values) for algorithm, values in times.items()}
 
 
 def print_placement_speed() -> None:
@@ -154,19 +209,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=pathlib.Path, default=PLOT)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--only-speed", action="store_true", help="only the placement times")
+    parser.add_argument("--only-streaming", action="store_true", help="only the streaming documents/s")
     args = parser.parse_args(argv)
     if args.only_speed:
         print_placement_speed()
         return 0
+    if args.only_streaming:
+        rates = streaming_speed()
+        print("streaming, one document per element, 8 bins, documents per CPU second (median of 3): "
+              + ", ".join(f"{algorithm} {rate / 1e3:.1f}k" for algorithm, rate in rates.items()))
+        return 0
     tables = {}
-    for mean in MEANS:
+    real = list(REAL_NAMES) if REAL_LENGTHS.exists() else []
+    for mean in [*MEANS, *real]:
         tables[mean] = table = fill_table(mean)
-        print(f"fill ratio (%), mean {mean} tokens, {NUM_DOCUMENTS:,} documents, {SEQ_LEN}-token rows")
+        print(f"fill ratio (%), {describe(mean)}, {SEQ_LEN}-token rows")
         print("  bins  " + "".join(f"{name:>21}" for name in table))
         for i, bins in enumerate(BINS):
             print(f"  {bins:>4}  " + "".join(f"{100 * values[i]:>21.2f}" for values in table.values()))
-    for mean in MEANS:
-        print(f"rolling_best_fit at 8 bins, mean {mean}: fill (%) by checkpoint interval (pieces)")
+    for mean in [*MEANS, *real]:
+        print(f"rolling_best_fit at 8 bins, {describe(mean)}: fill (%) by checkpoint interval (pieces)")
         for every, value in checkpoint_costs(mean):
             print(f"  {every:>16}  {100 * value:.2f}")
     print_placement_speed()

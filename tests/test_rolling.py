@@ -245,9 +245,6 @@ def test_options_it_refuses(backend):
                            shuffle_bins=True)
     with pytest.raises(ValueError, match="num_packing_bins"):
         pack_documents([1, 2], [2], seq_len=8, eod_token_id=E, algorithm=ROLLING)
-    masked = [{"tokens": np.array([1, 2]), "lengths": np.array([2]), "prompt_lengths": np.array([1])}]
-    with pytest.raises(ValueError, match="loss masks"):
-        list(LLMPackIterDataset(_source(masked), seq_len=8, num_packing_bins=2, eod_token_id=E, algorithm=ROLLING))
 
 
 def test_no_documents_and_pickling(backend):
@@ -283,3 +280,120 @@ def test_a_state_of_the_ordered_set_kernel_is_refused(backend):
     del record["arguments"]["placement"]
     with pytest.raises(ValueError, match="placement"):
         iter(dataset).set_state(state)
+
+
+# Loss masks, train_on_eod and the cap ----------------------------------------------------
+
+def _masked(seed, count, max_length):
+    """(docs, masks, prompts, kinds): per document a random 0/1 mask (kind 0), a prompt
+    length (kind 1) or nothing (kind 2: a mask of ones, prompt length 0)."""
+    rng = np.random.default_rng(seed)
+    docs, masks, prompts, kinds = [], [], [], []
+    for doc in _docs(seed, count, max_length):
+        kind = int(rng.integers(3))
+        prompt = int(rng.integers(0, len(doc) + 1)) if kind == 1 else 0
+        mask = (rng.random(len(doc)) < 0.5) if kind == 0 else (np.arange(len(doc)) >= prompt)
+        docs.append(np.asarray(doc, np.int32))
+        masks.append(mask.astype(np.int32))
+        prompts.append(prompt)
+        kinds.append(kind)
+    return docs, masks, prompts, kinds
+
+
+def _masked_elements(docs, masks, prompts, kinds, chunk_size=None):
+    """Documents as the LLM packer takes them, or ragged chunks with per-token masks
+    (even chunks) or prompt lengths (odd chunks, where every document has a prompt)."""
+    if chunk_size is None:
+        return [d if kind == 2 else {"tokens": d, "loss_mask": m} if kind == 0 else {"tokens": d, "prompt_length": p}
+                for d, m, p, kind in zip(docs, masks, prompts, kinds)]
+    chunks = []
+    for number, start in enumerate(range(0, len(docs), chunk_size)):
+        part = slice(start, start + chunk_size)
+        chunk = {"tokens": np.concatenate([np.zeros(0, np.int32), *docs[part]]),
+                 "lengths": np.array([len(d) for d in docs[part]], np.int64)}
+        if number % 2 == 0 or any(kind == 0 for kind in kinds[part]):
+            chunk["loss_mask"] = np.concatenate([np.zeros(0, np.int32), *masks[part]])
+        else:
+            chunk["prompt_lengths"] = np.array(prompts[part])
+        chunks.append(chunk)
+    return chunks
+
+
+@pytest.mark.parametrize("shift", ["inputs", "targets"])
+@pytest.mark.parametrize("long_documents", ["split", "truncate"])
+@pytest.mark.parametrize("train_on_eod", [True, False])
+def test_a_mask_packs_exactly_like_its_tokens(backend, small_intervals, shift, long_documents, train_on_eod):
+    """Rows with masks are the rows without them, except that targets_segmentation is 0
+    exactly where the mask (packed as if it were the tokens, EODs ``train_on_eod``) is 0;
+    documents, chunks and pack_documents agree, rows and stats."""
+    docs, masks, prompts, kinds = _masked(11, 120, 30)
+    kwargs = dict(seq_len=16, num_packing_bins=3, algorithm=ROLLING, shift=shift, long_documents=long_documents)
+    tokens, lengths = _flat(docs)
+    plain = pack_documents(tokens, lengths, eod_token_id=E, **kwargs)
+    mask_rows = pack_documents(np.concatenate(masks), lengths, eod_token_id=int(train_on_eod), **kwargs).targets
+    batch, stats = pack_documents(tokens, lengths, eod_token_id=E, loss_mask=np.concatenate(masks),
+                                  train_on_eod=train_on_eod, return_stats=True, **kwargs)
+    for name in FIELDS:
+        expected = plain.targets_segmentation * mask_rows if name == "targets_segmentation" else getattr(plain, name)
+        np.testing.assert_array_equal(getattr(batch, name), expected, err_msg=name)
+    assert 0 < stats.loss_tokens == np.count_nonzero(batch.targets_segmentation) < stats.tokens
+    prompted = pack_documents(tokens, lengths, eod_token_id=E, train_on_eod=train_on_eod,
+                              prompt_lengths=np.where(np.array(kinds) == 1, prompts, 0), **kwargs)
+    prompt_masks = [m if kind != 0 else np.ones_like(m) for m, kind in zip(masks, kinds)]
+    expected = plain.targets_segmentation * pack_documents(
+        np.concatenate(prompt_masks), lengths, eod_token_id=int(train_on_eod), **kwargs).targets
+    np.testing.assert_array_equal(prompted.targets_segmentation, expected)
+    for chunk_size in (None, 7):
+        elements = _masked_elements(docs, masks, prompts, kinds, chunk_size)
+        iterator = iter(LLMPackIterDataset(_source(elements), eod_token_id=E, train_on_eod=train_on_eod, **kwargs))
+        rows = list(iterator)
+        for name in FIELDS:
+            np.testing.assert_array_equal(np.stack([row[name] for row in rows]), getattr(batch, name),
+                                          err_msg=f"{name}, chunks of {chunk_size}")
+        assert iterator.stats == stats
+
+
+def test_masked_checkpoints_restore_identical_rows(backend, small_intervals):
+    docs, masks, prompts, kinds = _masked(12, 28, 25)
+    for chunk_size in (None, 5):
+        dataset = LLMPackIterDataset(_source(_masked_elements(docs, masks, prompts, kinds, chunk_size)), seq_len=12,
+                                     num_packing_bins=2, eod_token_id=E, algorithm=ROLLING, train_on_eod=False,
+                                     max_documents_per_row=3, shift="targets")
+        grain.experimental.assert_equal_output_after_checkpoint(dataset)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 5])
+def test_the_cap_holds_in_every_mode(backend, small_intervals, cap):
+    docs = _docs(13, 150, 12)
+    kwargs = dict(seq_len=32, num_packing_bins=3, eod_token_id=E, algorithm=ROLLING, max_documents_per_row=cap)
+    batch, stats = pack_documents(*_flat(docs), return_stats=True, **kwargs)
+    assert batch.inputs_segmentation.max() <= cap
+    assert stats.pieces == len(docs) and stats.tokens == sum(len(d) + 1 for d in docs)
+    for elements in (docs, _chunks(docs, 9)):
+        rows = list(LLMPackIterDataset(_source(elements), **kwargs))
+        np.testing.assert_array_equal(np.stack([row["targets"] for row in rows]), batch.targets)
+    assert cap > 1 or stats.rows == stats.pieces
+
+
+def test_the_cap_keeps_fill_near_capped_best_fit_decreasing(backend):
+    """At mean 90 tokens a cap of 16 documents binds (at most ~16 * 91 of 2,048 cells);
+    rolling best fit stays within a point of offline best-fit-decreasing under the same
+    cap."""
+    tokens, lengths = _lognormal_corpus(90, 6000, seed=2)
+    kwargs = dict(seq_len=2048, eod_token_id=1, return_stats=True, max_documents_per_row=16)
+    batch, rolling = pack_documents(tokens, lengths, algorithm=ROLLING, num_packing_bins=8, **kwargs)
+    _, offline = pack_documents(tokens, lengths, algorithm="best_fit_decreasing", **kwargs)
+    assert batch.inputs_segmentation.max() == 16
+    assert offline.fill_ratio - rolling.fill_ratio < 0.01
+    assert rolling.rows <= offline.rows * 1.01
+
+
+def test_attention_metadata_with_the_cap(backend):
+    """With the cap rolling best fit feeds the packers' attention metadata."""
+    docs = _docs(14, 80, 12)
+    kwargs = dict(seq_len=32, num_packing_bins=3, eod_token_id=E, algorithm=ROLLING, max_documents_per_row=4)
+    batch, metadata = pack_documents(*_flat(docs), attention_metadata=True, **kwargs)
+    rows = list(LLMPackIterDataset(_source(docs), attention_metadata=True, **kwargs))
+    np.testing.assert_array_equal(np.stack([row["seq_lengths"] for row in rows]), metadata["seq_lengths"])
+    np.testing.assert_array_equal(metadata["seq_lengths"].clip(0).sum(axis=1),
+                                  np.count_nonzero(batch.inputs_segmentation, axis=1))

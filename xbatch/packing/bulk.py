@@ -130,12 +130,11 @@ def pack_documents(
     lengths = as_lengths(lengths, tokens.shape[0])
     mask = cell_loss_mask(lengths, loss_mask, prompt_lengths, eod_loss=int(bool(train_on_eod)))
     if algorithm == ROLLING:
-        _check_concat_options(mask, train_on_eod, cap, algorithm)
         if num_packing_bins is None:
             raise ValueError("num_packing_bins: rolling_best_fit needs a number of open bins, got None")
         fields, stats = pack_rolling(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
                                      pad_token_id=pad_token_id, num_bins=num_packing_bins,
-                                     long_documents=long_documents, shift=shift)
+                                     long_documents=long_documents, shift=shift, cell_mask=mask, max_pieces=cap)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     if algorithm == CONCAT:
         _check_concat_options(mask, train_on_eod, cap, algorithm)

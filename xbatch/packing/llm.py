@@ -111,7 +111,7 @@ class LLMPackIterDataset(grain.IterDataset):
         grain's ``ConcatThenSplitIterDataset``; ``num_packing_bins`` rows are laid out at
         once; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` (the bins
         stay open and rows leave as their bins close, not with ``shuffle_bins``; see
-        :mod:`xbatch.packing.rolling`). Neither takes loss masks yet.
+        :mod:`xbatch.packing.rolling`; it takes loss masks and the cap).
       long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
         into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
@@ -174,7 +174,7 @@ class LLMPackIterDataset(grain.IterDataset):
                 else positive_int("max_documents_per_row", max_documents_per_row)
             ),
         )
-        if self._options.algorithm in (CONCAT, ROLLING) and (not train_on_eod or max_documents_per_row is not None):
+        if self._options.algorithm == CONCAT and (not train_on_eod or max_documents_per_row is not None):
             raise ValueError(
                 f"algorithm={algorithm!r} does not take train_on_eod=False or max_documents_per_row yet; "
                 "use 'first_fit' or 'best_fit'"

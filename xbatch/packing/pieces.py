@@ -228,6 +228,36 @@ def cell_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: A
     return np.repeat(values, runs.reshape(-1))
 
 
+def document_with_mask(element: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int32 tokens, int32 0/1 loss mask or None) of a document element: a token array or
+    list, ``{"tokens", "loss_mask"}`` or ``{"tokens", "prompt_length"}``."""
+    if not isinstance(element, Mapping):
+        return as_tokens("document", element), None
+    if "tokens" not in element:
+        raise ValueError(
+            "parent element: expected a document (token array, or a dict with 'tokens' and optionally "
+            f"'loss_mask' or 'prompt_length') or a ragged chunk ('tokens', 'lengths'), got keys {sorted(element)}"
+        )
+    tokens = as_tokens("tokens", element["tokens"])
+    prompt_length, loss_mask = element.get("prompt_length"), element.get("loss_mask")
+    if prompt_length is None and loss_mask is not None:
+        return tokens, as_loss_mask("loss_mask", loss_mask, tokens.shape[0])
+    if prompt_length is None:
+        return tokens, None
+    if loss_mask is not None:
+        raise ValueError("loss_mask, prompt_length: expected at most one of them, got both")
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
+        raise TypeError(f"prompt_length: expected an integer, got {prompt_length!r}")
+    if not 0 <= prompt_length <= tokens.shape[0]:
+        raise ValueError(
+            f"prompt_length: expected 0 <= prompt length <= document length, got {prompt_length} for "
+            f"document 0 of {tokens.shape[0]} tokens"
+        )
+    mask = np.ones(tokens.shape[0], np.int32)
+    mask[:prompt_length] = 0
+    return tokens, mask
+
+
 def chunk_source(chunk: Mapping[str, Any], num_documents: int) -> tuple[str, np.ndarray | None]:
     """(source, document_ids) naming a ragged chunk's documents in error messages.
 

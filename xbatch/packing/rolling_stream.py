@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import checkpoint
 from .buffers import BufferPool
-from .pieces import Pieces, lay_out_rows
+from .pieces import Pieces, document_with_mask, lay_out_rows, loss_tokens_per_row
 from .rolling import RollingOptions, _Arena, element_pieces
 from .stats import PackingStats
 
@@ -37,7 +38,7 @@ class RollingRowsIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._options = options
         self._rolling = rolling or RollingOptions.for_bins(options.num_packing_bins)
-        self._packer = self._rolling.packer(options.seq_len, options.num_packing_bins)
+        self._packer = self._rolling.packer(options.seq_len, options.num_packing_bins, options.max_documents_per_row)
         self._pool = BufferPool()
         self._arena = _Arena()
         self._counter = 0
@@ -90,9 +91,8 @@ class RollingRowsIterator(grain.DatasetIterator):
             self._produce()
         row = self._rows.pop()
         element = {name: field[row] for name, field in self._fields.items()}
-        row_stats = self._row_stats[row]  # no loss masks here: every target but a shifted row's last
-        self._totals.add_row(row_stats, self._options.seq_len,
-                             loss_tokens=row_stats[0] - (self._options.shift == "targets"))
+        row_stats = self._row_stats[row]
+        self._totals.add_row(row_stats, self._options.seq_len, loss_tokens=row_stats[5])
         self._next_row += 1
         self._counter += 1
         if not self._rows:
@@ -108,6 +108,7 @@ class RollingRowsIterator(grain.DatasetIterator):
         if self._ended:
             raise StopIteration
         every = self._rolling.checkpoint_every
+        options = self._options
         if self._element is None or self._cursor == len(self._element):
             state = self._parent.get_state()
             try:
@@ -116,17 +117,31 @@ class RollingRowsIterator(grain.DatasetIterator):
                 self._ended = True
                 return self._drain({"parent": state, "piece": 0})
             self._element_state = state
-            self._element = element_pieces(element, seq_len=self._options.seq_len,
-                                           eod_token_id=self._options.eod_token_id,
-                                           long_documents=self._options.long_documents)
+            if not (isinstance(element, Mapping) and "lengths" in element) and not self._restore_cursor:
+                document, mask = document_with_mask(element)
+                if document.shape[0] < options.seq_len:  # one piece: the common streaming case
+                    self._element = None
+                    self._arena.add_document(document, mask, options.eod_token_id, int(options.train_on_eod))
+                    self._packer.push(np.array([document.shape[0] + 1], np.int64))
+                    return self._pushed(None)
+                element = (document, mask)
+            self._element = element_pieces(element, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
+                                           long_documents=options.long_documents,
+                                           eod_loss=int(options.train_on_eod))
             self._cursor, self._restore_cursor = self._restore_cursor, 0
         stop = min(len(self._element), self._cursor + every - self._packer.clock)
         self._arena.add(self._element, self._cursor, stop)
         self._packer.push(self._element.lengths[self._cursor:stop, 0])
         self._cursor = stop
-        if self._packer.clock == every:
-            return self._drain({"parent": self._element_state, "piece": stop} if stop < len(self._element)
-                               else {"parent": self._parent.get_state(), "piece": 0})
+        self._pushed({"parent": self._element_state, "piece": stop} if stop < len(self._element)
+                     else None)
+
+    def _pushed(self, next_start: dict[str, Any] | None) -> None:
+        """After a push: drains at a checkpoint point (the next one starts at
+        ``next_start``, None: after the element, from the parent's state now), else lays
+        out the rows that left once there are enough."""
+        if self._packer.clock == self._rolling.checkpoint_every:
+            return self._drain(next_start or {"parent": self._parent.get_state(), "piece": 0})
         self._collect()
         if self._pending_rows < self._options.num_packing_bins:
             return  # lay rows out in groups: one small layout per document costs more than it packs
@@ -164,14 +179,16 @@ class RollingRowsIterator(grain.DatasetIterator):
         if not sizes.shape[0]:
             return
         options = self._options
-        tokens, columns = self._arena.take(ids)
+        tokens, mask, columns = self._arena.take(ids)
         rows = np.repeat(np.arange(sizes.shape[0]), sizes)
         lengths = columns["lengths"]
         self._fields = lay_out_rows(tokens, lengths, rows, num_rows=sizes.shape[0], seq_len=options.seq_len,
                                     eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
-                                    shift=options.shift, empty=self._pool.empty)
+                                    shift=options.shift, loss_mask=mask, empty=self._pool.empty)
+        # Per row: tokens, pieces, documents, split documents, truncated tokens, loss tokens.
         weights = (lengths, None, columns["starts_document"], columns["starts_split"], columns["truncated"])
         self._row_stats = np.stack(
-            [np.bincount(rows, w, minlength=sizes.shape[0]) for w in weights], axis=1
+            [np.bincount(rows, w, minlength=sizes.shape[0]) for w in weights]
+            + [loss_tokens_per_row(lengths, rows, sizes.shape[0], mask, options.shift)], axis=1
         ).astype(np.int64).tolist()
         self._rows = list(range(sizes.shape[0] - 1, -1, -1))  # popped from the end: row 0 first
