@@ -196,6 +196,15 @@ def test_small_windows_match_grain(backend, monkeypatch, window, seed):
     _check_against_grain(*_random_case(seed))
 
 
+@pytest.mark.parametrize("chunk_cells", [1, 40])
+@pytest.mark.parametrize("seed", range(0, 60, 5))
+def test_rows_written_in_small_chunks_match_grain(backend, monkeypatch, chunk_cells, seed):
+    """Rows written a few at a time (1 row, or about 40 cells, per chunk): chunks of the
+    fused writer and of the general path (other dtypes, scalars) mix within a window."""
+    monkeypatch.setattr(cts_module, "CHUNK_CELLS", chunk_cells)
+    _check_against_grain(*_random_case(seed))
+
+
 def test_random_cases_cover_rows_and_errors():
     outcomes = {_check_against_grain(*_random_case(seed)) for seed in range(60)}
     assert outcomes == {"rows", "error"}
@@ -284,6 +293,8 @@ def _checkpoint_cases(count: int = 8) -> list:
 @pytest.mark.parametrize("case", range(8))
 def test_restores_exactly_with_grains_checker(backend, monkeypatch, case):
     monkeypatch.setattr(cts_module, "WINDOW_ITEMS", 3 if case % 2 else 1024)
+    if case % 4 == 2:  # rows written a chunk of two at a time: restores land mid-window
+        monkeypatch.setattr(cts_module, "CHUNK_CELLS", 2 * sum(_checkpoint_cases()[case][1]["length_struct"].values()))
     docs, kwargs = _checkpoint_cases()[case]
     grain.experimental.assert_equal_output_after_checkpoint(ConcatThenSplitIterDataset(_iter_dataset(docs), **kwargs))
 
@@ -306,8 +317,10 @@ def test_endless_stream_restores_exactly(backend, monkeypatch):
     assert_same_rows(expected[25:40], [next(restored) for _ in range(15)])
 
 
-def test_state_is_small_json_and_restores_in_a_fresh_iterator(backend, monkeypatch):
+@pytest.mark.parametrize("chunk_cells", [1 << 16, 24])
+def test_state_is_small_json_and_restores_in_a_fresh_iterator(backend, monkeypatch, chunk_cells):
     monkeypatch.setattr(cts_module, "WINDOW_ITEMS", 4)
+    monkeypatch.setattr(cts_module, "CHUNK_CELLS", chunk_cells)
     docs = [{"inputs": np.arange(n) + 1, "targets": np.arange(n % 5)} for n in range(1, 30)]
     ds = ConcatThenSplitIterDataset(_iter_dataset(docs), length_struct={"inputs": 16, "targets": 8})
     expected = list(ds)

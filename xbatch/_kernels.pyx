@@ -1741,3 +1741,129 @@ def gather_packed_rows(
                 memcpy(&out_inputs_segmentation[i, 0], &segmentation[i, 0], seq_len * sizeof(int32_t))
                 memcpy(&out_inputs_position[i, 0], &positions[i, 0], seq_len * sizeof(int32_t))
     return failed
+
+
+# --- Concat-then-split: one feature's rows in one pass (values, segment ids, positions) --
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from libc.string cimport memset
+
+
+cdef inline void _cts_close_row(
+    char* values, int64_t cursor, int64_t capacity, int64_t cell_bytes, int32_t* ids
+) noexcept nogil:
+    """Zeroes a row's cells from ``cursor`` on (values and, unless NULL, both id rows)."""
+    if cursor < capacity:
+        memset(values + cursor * cell_bytes, 0, (capacity - cursor) * cell_bytes)
+        if ids != NULL:
+            memset(ids + cursor, 0, (capacity - cursor) * sizeof(int32_t))
+            memset(ids + capacity + cursor, 0, (capacity - cursor) * sizeof(int32_t))
+
+
+def write_split_rows(
+    list elements,
+    object key,
+    const int64_t[::1] items,
+    const int64_t[::1] rows_of,
+    const int64_t[::1] starts,
+    const int64_t[::1] cells,
+    int64_t first_row,
+    cnp.ndarray out_values,
+    int32_t[:, :, ::1] out_ids,
+):
+    """Writes every cell of one feature's rows from a concat-then-split plan in one pass;
+    see the NumPy twin. Returns -1, or the first piece whose value is not a plain array
+    of ``out_values``' dtype and cell shape holding its cells (rows partly written then)."""
+    cdef int64_t n = items.shape[0], p, e, r, s, c, k, row = 0, cursor = 0
+    cdef int64_t rows, capacity, cell_bytes, row_bytes, ndim = out_values.ndim
+    cdef int32_t segment = 0
+    cdef char* base
+    cdef char* data
+    cdef char* out_end
+    cdef int32_t* ids = NULL
+    cdef int32_t* id_row = NULL
+    cdef PyObject* element
+    cdef PyObject* value
+    cdef cnp.ndarray array
+    cdef vector[int32_t] iota
+    if ndim < 2 or not cnp.PyArray_IS_C_CONTIGUOUS(out_values) or out_values.dtype.hasobject:
+        raise ValueError("write_split_rows: out_values must be a C-contiguous [rows, cells, ...] array without objects")
+    if rows_of.shape[0] != n or starts.shape[0] != n or cells.shape[0] != n:
+        raise ValueError("write_split_rows: items, rows_of, starts and cells must have one entry per piece")
+    rows = out_values.shape[0]
+    capacity = out_values.shape[1]
+    cell_bytes = out_values.itemsize
+    for k in range(2, ndim):
+        cell_bytes *= out_values.shape[k]
+    row_bytes = capacity * cell_bytes
+    base = <char*>cnp.PyArray_DATA(out_values)
+    out_end = base + rows * row_bytes
+    if out_ids is not None:
+        if out_ids.shape[0] != rows or out_ids.shape[1] != 2 or out_ids.shape[2] != capacity:
+            raise ValueError("write_split_rows: out_ids must be int32[rows, 2, cells]")
+        if capacity > INT32_MAX or n > INT32_MAX:
+            raise ValueError("write_split_rows: positions and segment ids must fit int32")
+        if rows and capacity:
+            ids = &out_ids[0, 0, 0]
+        iota.resize(capacity)
+        for k in range(capacity):
+            iota[k] = <int32_t>k
+    for p in range(n):
+        e = items[p]
+        if e < 0 or e >= PyList_GET_SIZE(elements):
+            raise ValueError(f"items: piece {p} names element {e}, expected [0, {PyList_GET_SIZE(elements)})")
+        # Overflow-free: first_row is checked against rows_of[p] before subtracting.
+        r = rows_of[p] - first_row if rows_of[p] >= first_row else -1
+        if r < row or r >= rows:
+            raise ValueError(
+                f"rows: piece {p} has row {rows_of[p]}, expected non-decreasing rows in"
+                f" [{first_row + row}, {first_row} + {rows})"
+            )
+        if starts[p] < 0 or cells[p] < 0:
+            raise ValueError(f"starts, cells: piece {p} has start {starts[p]} and {cells[p]} cells, expected >= 0")
+        while row < r:  # rows are written in order: close the ones before this piece
+            _cts_close_row(base + row * row_bytes, cursor, capacity, cell_bytes,
+                           ids + row * 2 * capacity if ids != NULL else NULL)
+            row += 1
+            cursor = 0
+            segment = 0
+        element = PyList_GET_ITEM(elements, e)
+        if type(<object>element) is not dict:
+            return p
+        value = PyDict_GetItem(<object>element, key)
+        if value == NULL or not cnp.PyArray_CheckExact(<object>value):
+            return p
+        array = <cnp.ndarray>value
+        if (
+            array.ndim != ndim - 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(array)
+            or not cnp.PyArray_EquivTypes(array.descr, out_values.descr)
+        ):
+            return p
+        for k in range(1, ndim - 1):
+            if array.shape[k] != out_values.shape[k + 1]:
+                return p
+        s = starts[p]
+        c = cells[p]
+        if s < 0 or c < 0 or s > array.shape[0] or c > array.shape[0] - s or c > capacity - cursor:
+            return p
+        data = <char*>cnp.PyArray_DATA(array) + s * cell_bytes
+        if c > 0 and data < out_end and base < data + c * cell_bytes:
+            return p  # shares memory with the rows: the caller's general path refuses it
+        memcpy(base + row * row_bytes + cursor * cell_bytes, data, c * cell_bytes)
+        if ids != NULL:
+            segment += 1
+            id_row = ids + row * 2 * capacity
+            for k in range(cursor, cursor + c):
+                id_row[k] = segment
+            if c > 0:
+                memcpy(id_row + capacity + cursor, iota.data(), c * sizeof(int32_t))
+        cursor += c
+    while row < rows:
+        _cts_close_row(base + row * row_bytes, cursor, capacity, cell_bytes,
+                       ids + row * 2 * capacity if ids != NULL else NULL)
+        row += 1
+        cursor = 0
+    return -1

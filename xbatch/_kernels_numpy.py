@@ -916,3 +916,91 @@ def gather_packed_rows(tokens, document_starts, document_ends, first_document, p
         out_inputs_segmentation[...] = segmentation
         out_inputs_position[...] = positions
     return -1
+
+
+# --- Concat-then-split: one feature's rows in one pass (values, segment ids, positions) --
+
+
+def write_split_rows(elements, key, items, rows_of, starts, cells, first_row, out_values, out_ids):
+    """Writes every cell of one feature's rows of a concat-then-split plan.
+
+    Piece ``p`` is ``elements[items[p]][key][starts[p] : starts[p] + cells[p]]``; the pieces
+    lie back to back in their rows (``rows_of``, non-decreasing; row ``first_row`` is
+    ``out_values[0]``), from cell 0, in order.
+    ``out_values[r]`` gets the pieces, zeros after them; unless ``out_ids`` is None,
+    ``out_ids[r, 0]`` gets each piece's segment id (1-based per row; an empty piece takes
+    one too) and ``out_ids[r, 1]`` its positions (0-based per piece), zeros after them.
+
+    Returns -1, or the first piece whose element is not a dict holding, under ``key``, a
+    plain C-contiguous array of ``out_values``' dtype and cell shape (``out_values.shape[2:]``)
+    with those cells, or that does not fit its row or shares memory with ``out_values``.
+    The rows are then partly written (the caller writes the feature another way).
+    Pieces naming an element or a row outside the arrays, rows out of order, or negative
+    starts or cells raise ``ValueError`` (the rows before them possibly written).
+    """
+    if out_values.ndim < 2 or not out_values.flags.c_contiguous or out_values.dtype.hasobject:
+        raise ValueError("write_split_rows: out_values must be a C-contiguous [rows, cells, ...] array without objects")
+    n = len(items)
+    if not len(rows_of) == len(starts) == len(cells) == n:
+        raise ValueError("write_split_rows: items, rows_of, starts and cells must have one entry per piece")
+    rows, capacity = out_values.shape[:2]
+    if out_ids is not None and out_ids.shape != (rows, 2, capacity):
+        raise ValueError("write_split_rows: out_ids must be int32[rows, 2, cells]")
+    rows_of = rows_of - first_row
+    first_bad, previous, cursor, parts = n, 0, 0, []
+    # The checks in the compiled kernel's order, piece by piece; the writes vectorized.
+    for p, (e, r, s, c) in enumerate(zip(items.tolist(), rows_of.tolist(), starts.tolist(), cells.tolist())):
+        if not 0 <= e < len(elements):
+            raise ValueError(f"items: piece {p} names element {e}, expected [0, {len(elements)})")
+        if r < previous or r >= rows:
+            raise ValueError(
+                f"rows: piece {p} has row {r + first_row}, expected non-decreasing rows in"
+                f" [{first_row + previous}, {first_row} + {rows})"
+            )
+        if s < 0 or c < 0:
+            raise ValueError(f"starts, cells: piece {p} has start {s} and {c} cells, expected >= 0")
+        if r != previous:
+            cursor = 0
+        previous = r
+        element = elements[e]
+        value = element.get(key) if type(element) is dict else None
+        if not (
+            type(value) is np.ndarray
+            and value.ndim == out_values.ndim - 1
+            and value.flags.c_contiguous
+            and value.dtype == out_values.dtype
+            and value.shape[1:] == out_values.shape[2:]
+            and s <= value.shape[0]
+            and c <= value.shape[0] - s
+            and c <= capacity - cursor
+            and not (c and np.may_share_memory(value[s : s + c], out_values))
+        ):
+            first_bad = p
+            break
+        cursor += c
+        parts.append(value[s : s + c])
+    # Each piece's first cell in its row: cells before it, minus those before its row's first piece.
+    ends = np.cumsum(cells)
+    before = ends - cells
+    new_row = np.ones(n, dtype=bool)
+    new_row[1:] = rows_of[1:] != rows_of[:-1]
+    first_piece = np.maximum.accumulate(np.where(new_row, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+    in_row = before - before[first_piece]
+    m = first_bad  # pieces written (all when every piece is fine)
+    cells_m, rows_m, in_row_m = cells[:m], rows_of[:m], in_row[:m]
+    total = int(cells_m.sum())
+    token_row = np.repeat(rows_m, cells_m)
+    token_cell = np.arange(total) - np.repeat(before[:m], cells_m) + np.repeat(in_row_m, cells_m)
+    cursor = np.zeros(rows, dtype=np.int64)
+    np.maximum.at(cursor, rows_m, in_row_m + cells_m)
+    after = np.arange(capacity) >= cursor[:, None]
+    if total:
+        out_values[token_row, token_cell] = np.concatenate(parts[:m])
+    out_values[after] = 0
+    if out_ids is not None:
+        segment = np.arange(m) - first_piece[:m] + 1
+        out_ids[token_row, 0, token_cell] = np.repeat(segment, cells_m)
+        out_ids[token_row, 1, token_cell] = token_cell - np.repeat(in_row_m, cells_m)
+        out_ids[:, 0][after] = 0
+        out_ids[:, 1][after] = 0
+    return -1 if first_bad == n else first_bad

@@ -42,6 +42,7 @@ __all__ = [
     "shift_left",
     "shift_right",
     "gather_packed_rows",
+    "write_split_rows",
 ]
 
 
@@ -855,3 +856,97 @@ def _raise_bad_row(failed, tokens, starts, ends, first_document, documents, piec
                 break
             fill += length
     raise ValueError(what)
+
+
+# --- Concat-then-split: one feature's rows in one pass (values, segment ids, positions) --
+
+
+def write_split_rows(
+    elements: list,
+    key: Any,
+    items: Any,
+    rows: Any,
+    starts: Any,
+    cells: Any,
+    out_values: np.ndarray,
+    out_ids: np.ndarray | None = None,
+    *,
+    first_row: int = 0,
+) -> int:
+    """Writes one feature's rows of a :func:`concat_then_split` plan in one pass.
+
+    Piece ``p`` is ``elements[items[p]][key][starts[p] : starts[p] + cells[p]]``. The
+    pieces lie back to back in their rows, from cell 0, in order. ``out_values[r]`` gets
+    row ``first_row + r``'s pieces and zeros after them; ``out_ids[r, 0]`` the pieces'
+    segment ids (1-based per row, an empty piece takes one too) and ``out_ids[r, 1]``
+    their positions (0-based per piece), zeros after them. Every cell is written.
+
+    Args:
+      elements: list of the items (dicts).
+      key: the feature's key in them (a str or int).
+      items, rows, starts, cells: int[p] each: a plan's ``item``, ``row`` (non-decreasing),
+        ``start[:, f]`` and ``length[:, f]``, or a range of them (pieces of whole rows).
+      out_values: C-contiguous [rows, cells, ...] array of a dtype without Python objects.
+      out_ids: None (a meta feature), or int32[rows, 2, cells], C-contiguous; must not
+        share memory with ``out_values``.
+      first_row: the plan's row that ``out_values[0]`` holds.
+
+    Returns:
+      -1, or the first piece whose element is not a ``dict`` holding, under ``key``, a
+      C-contiguous ``np.ndarray`` of ``out_values``' dtype and cell shape with the
+      piece's cells, or whose cells do not fit its row, or that shares memory with
+      ``out_values``. The rows are then partly written: write the feature another way
+      (:func:`scatter_rows`, :func:`pack_rows`), which casts as NumPy does.
+
+    Raises:
+      ValueError: a piece names an element outside ``elements`` or a row outside
+        ``out_values`` (or before the previous piece's), or has a negative start or
+        cells; checked piece by piece as the rows are written (rows before it written).
+    """
+    if not isinstance(elements, list):
+        raise TypeError(f"elements: expected a list of dicts, got {describe(elements)}")
+    if type(key) not in (str, int):  # hashed without running Python code
+        raise TypeError(f"key: expected a str or int, got {describe(key)}")
+    if (
+        not isinstance(out_values, np.ndarray)
+        or out_values.ndim < 2
+        or not out_values.flags.c_contiguous
+        or not out_values.flags.writeable
+        or out_values.dtype.hasobject
+    ):
+        raise ValueError(
+            "out_values: expected a writeable C-contiguous array [rows, cells, ...] of a dtype"
+            f" without Python objects, got {describe(out_values)}"
+        )
+    num_rows, capacity = out_values.shape[:2]
+    if out_ids is not None:
+        if (
+            not isinstance(out_ids, np.ndarray)
+            or out_ids.dtype != np.int32
+            or out_ids.shape != (num_rows, 2, capacity)
+            or not out_ids.flags.c_contiguous
+            or not out_ids.flags.writeable
+        ):
+            raise ValueError(
+                f"out_ids: expected a writeable C-contiguous int32 array of shape {(num_rows, 2, capacity)},"
+                f" got {describe(out_ids)}"
+            )
+        if capacity > _INT32_MAX:
+            raise ValueError(f"out_ids: rows of {capacity} cells have positions beyond int32")
+        if np.may_share_memory(out_ids, out_values):
+            raise_overlap("out_ids", "out_values")
+    first_row = positive_int("first_row", first_row, minimum=0)
+    # The per-piece checks (indices in range, rows in order) are the kernel's, in its one pass.
+    arrays = []
+    for name, value in (("items", items), ("rows", rows), ("starts", starts), ("cells", cells)):
+        array = value if type(value) is np.ndarray and value.dtype == np.int64 and value.ndim == 1 else _int_array(name, value, 1)
+        if np.may_share_memory(array, out_values) or (out_ids is not None and np.may_share_memory(array, out_ids)):
+            raise_overlap(name, "the output rows")
+        arrays.append(np.ascontiguousarray(array))
+    n = arrays[0].shape[0]
+    for name, array in zip(("rows", "starts", "cells"), arrays[1:]):
+        if array.shape[0] != n:
+            raise ValueError(f"{name}: expected {n} entries (one per piece), got {array.shape[0]}")
+    if n > _INT32_MAX and out_ids is not None:
+        raise ValueError(f"items: {n} pieces have segment ids beyond int32")
+    return _backend.impl.write_split_rows(elements, key, *arrays, first_row, out_values, out_ids)

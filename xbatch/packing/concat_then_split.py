@@ -31,6 +31,9 @@ BOSHandling = grain.experimental.BOSHandling
 WINDOW_ITEMS = 1024
 # Rows per window at most (grain's rules can cut one element into rows without end).
 WINDOW_ROWS = 512
+# Cells (summed over features) of the rows written at a time: 64 Ki cells are 768 KiB of
+# values, segment ids and positions for int32 features, which stay in a core's L2 cache.
+CHUNK_CELLS = 1 << 16
 _SCALAR = -1  # in the length log: the feature is a scalar (one cell in every piece)
 # Version of the iterator's state format (see checkpoint.py); bump it when it changes.
 _STATE_VERSION = 1
@@ -91,6 +94,8 @@ class _Config:
             if not is_meta:
                 self.names += [f"{key}_segment_ids", f"{key}_positions"]
         self.empty_slices = [[-1, -1] for _ in self.keys]
+        # Keys the fused writer looks up in C (hashing them runs no Python code).
+        self.plain_keys = all(type(k) in (str, int) for k in self.keys)
         # What a checkpoint state's restore depends on (checked by set_state).
         self.arguments = {
             "length_struct": self.length_struct,
@@ -124,7 +129,9 @@ def _structure_error(element: Any, length_struct: Mapping[str, int]) -> ValueErr
 
 
 class _Window:
-    """The rows of one window, written feature by feature from the plan."""
+    """The rows of one window's plan, written a chunk of rows at a time as they are asked
+    for: a chunk's arrays (recycled) stay in the CPU's cache while the kernel writes them,
+    where a whole window's would go out to memory."""
 
     def __init__(
         self,
@@ -135,7 +142,8 @@ class _Window:
         pool: BufferPool,
         scalar_in_window: bool,
     ):
-        self.arrays: list[np.ndarray] = []
+        self._config, self._elements, self._lengths, self._pool = config, elements, lengths, pool
+        self.arrays: list[np.ndarray] = []  # the general path's, whole window
         first_piece = np.flatnonzero(plan.row[1:] != plan.row[:-1]) + 1
         first_piece = np.concatenate([np.zeros(min(1, plan.rows), np.int64), first_piece])
         self.error = piece_starts = None
@@ -145,45 +153,122 @@ class _Window:
             plan, self.error = _first_failing_row(config, plan, piece_starts)
             piece_starts = piece_starts[: len(plan.item)]
             first_piece = first_piece[: plan.rows]
-        self.rows: list = []
-        if plan.rows == 0:
-            return
-        rows, row_of = plan.rows, plan.row
-        columns = []
-        items = plan.item.tolist()
-        for f, key in enumerate(config.keys):
-            values = list(map(itemgetter(key), map(elements.__getitem__, items)))
-            cells, starts = plan.length[:, f], plan.start[:, f]
-            # Pieces that are not their element's whole value (about one a row): sliced.
-            cut = (starts != 0) | (cells != lengths[plan.item, f])
-            for p in np.flatnonzero(cut).tolist():
-                values[p] = values[p][starts[p] : starts[p] + cells[p]]
-            # A row takes the dtype and trailing shape of its first element (unsliced).
-            specs = [_spec(elements[items[p]][key]) for p in first_piece.tolist()]
-            groups = _row_groups(specs)
-            per_row: list[Any] = [None] * rows
-            for spec, group_rows in groups:
-                out = self._write(config, f, spec, values, cells, row_of, group_rows, rows, pool)
-                if len(groups) == 1:
-                    per_row = list(out)
-                else:
-                    for local, r in enumerate(group_rows):
-                        per_row[r] = out[local]
+        self._plan, self._first_piece, self._piece_starts = plan, first_piece, piece_starts
+        self.num_rows = plan.rows
+        self._chunk_rows = max(1, CHUNK_CELLS // int(config.capacities.sum()))
+        self._chunk_start = self._chunk_end = 0
+        self._chunk: list[dict] = []
+        self._chunk_arrays: list[np.ndarray] = []
+        # Per feature: its columns (per-row lists) from the general path, once needed.
+        self._general: dict[int, list[list]] = {}
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        """Row ``i`` (< num_rows) of the window."""
+        if not self._chunk_start <= i < self._chunk_end:
+            self._write_chunk(i - i % self._chunk_rows)
+        return self._chunk[i - self._chunk_start]
+
+    def release(self) -> None:
+        """Offers the arrays of the window for reuse (rows handed out keep theirs)."""
+        self._pool.release(self._chunk_arrays)
+        self._pool.release(self.arrays)
+        self._chunk_arrays, self.arrays, self._chunk = [], [], []
+
+    def _write_chunk(self, start: int) -> None:
+        config, plan = self._config, self._plan
+        self._pool.release(self._chunk_arrays)
+        self._chunk_arrays = []
+        end = min(start + self._chunk_rows, plan.rows)
+        piece_begin, piece_end = np.searchsorted(plan.row, (start, end)).tolist()
+        pieces = slice(piece_begin, piece_end)
+        columns: list[list] = []
+        for f in range(len(config.keys)):
+            written = None if f in self._general else self._write_fused(f, pieces, start, end)
+            if written is None:  # other dtypes, casts, scalars: the whole window, once
+                if f not in self._general:
+                    self._general[f] = self._write_general(f)
+                columns += [column[start:end] for column in self._general[f]]
+                continue
+            out, ids = written
             if config.bos[f]:  # grain writes it at every piece's first cell, empty ones too
-                if len(groups) == 1:
-                    out[row_of, piece_starts[:, f]] = config.bos_token_id
-                else:
-                    for r, start in zip(row_of.tolist(), piece_starts[:, f].tolist()):
-                        per_row[r][start] = config.bos_token_id
-            columns.append(per_row)
-            if not config.meta[f]:
-                segment_ids = pool.empty((rows, int(config.capacities[f])), np.int32)
-                positions = pool.empty((rows, int(config.capacities[f])), np.int32)
-                kernels.pack_rows(cells, row_of, segment_ids, positions)
-                self.arrays += [segment_ids, positions]
-                columns += [list(segment_ids), list(positions)]
+                out[plan.row[pieces] - start, self._piece_starts[pieces, f]] = config.bos_token_id
+            columns.append(list(out))
+            if ids is not None:
+                columns += [list(ids[:, 0]), list(ids[:, 1])]
         names = config.names
-        self.rows = [dict(zip(names, row)) for row in zip(*columns)]
+        self._chunk = [dict(zip(names, row)) for row in zip(*columns)]
+        self._chunk_start, self._chunk_end = start, end
+
+    def _write_fused(self, f: int, pieces: slice, start: int, end: int):
+        """(values, ids) of feature ``f`` in rows ``start:end`` written by one kernel
+        pass, or None where some piece is not a plain array of the chunk's first one's
+        dtype and cell shape (a row takes its first element's dtype, as in grain)."""
+        config, plan, pool = self._config, self._plan, self._pool
+        key = config.keys[f]
+        first = self._elements[plan.item[pieces.start]][key]
+        if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.hasobject or not config.plain_keys:
+            return None
+        capacity, rows = int(config.capacities[f]), end - start
+        # Whole chunks' shapes, so that the last, shorter chunk of a window reuses them.
+        blocks = [pool.empty((self._chunk_rows, capacity, *first.shape[1:]), first.dtype)]
+        if not config.meta[f]:
+            blocks.append(pool.empty((self._chunk_rows, 2, capacity), np.int32))
+        out = blocks[0][:rows]
+        ids = blocks[1][:rows] if len(blocks) == 2 else None
+        failed = kernels.write_split_rows(
+            self._elements,
+            key,
+            plan.item[pieces],
+            plan.row[pieces],
+            plan.start[pieces, f],
+            plan.length[pieces, f],
+            out,
+            ids,
+            first_row=start,
+        )
+        if failed >= 0:
+            pool.release(blocks)
+            return None
+        self._chunk_arrays += blocks
+        return out, ids
+
+    def _write_general(self, f: int) -> list[list]:
+        """Feature ``f``'s columns for every row of the window, through ``scatter_rows``
+        and ``pack_rows`` (NumPy's casts, rows of several dtypes, scalars)."""
+        config, plan, pool, elements = self._config, self._plan, self._pool, self._elements
+        rows, row_of, key = plan.rows, plan.row, config.keys[f]
+        items = plan.item.tolist()
+        values = list(map(itemgetter(key), map(elements.__getitem__, items)))
+        cells, starts = plan.length[:, f], plan.start[:, f]
+        # Pieces that are not their element's whole value (about one a row): sliced.
+        cut = (starts != 0) | (cells != self._lengths[plan.item, f])
+        for p in np.flatnonzero(cut).tolist():
+            values[p] = values[p][starts[p] : starts[p] + cells[p]]
+        # A row takes the dtype and trailing shape of its first element (unsliced).
+        specs = [_spec(elements[items[p]][key]) for p in self._first_piece.tolist()]
+        groups = _row_groups(specs)
+        per_row: list[Any] = [None] * rows
+        for spec, group_rows in groups:
+            out = self._write(config, f, spec, values, cells, row_of, group_rows, rows, pool)
+            if len(groups) == 1:
+                per_row = list(out)
+            else:
+                for local, r in enumerate(group_rows):
+                    per_row[r] = out[local]
+        if config.bos[f]:  # grain writes it at every piece's first cell, empty ones too
+            if len(groups) == 1:
+                out[row_of, self._piece_starts[:, f]] = config.bos_token_id
+            else:
+                for r, start in zip(row_of.tolist(), self._piece_starts[:, f].tolist()):
+                    per_row[r][start] = config.bos_token_id
+        columns = [per_row]
+        if not config.meta[f]:
+            segment_ids = pool.empty((rows, int(config.capacities[f])), np.int32)
+            positions = pool.empty((rows, int(config.capacities[f])), np.int32)
+            kernels.pack_rows(cells, row_of, segment_ids, positions)
+            self.arrays += [segment_ids, positions]
+            columns += [list(segment_ids), list(positions)]
+        return columns
 
     def _write(self, config, f, spec, values, cells, row_of, group_rows, rows, pool):
         """Rows ``group_rows`` of feature ``f`` (all of one dtype and trailing shape)."""
@@ -293,24 +378,24 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
         self._restart((state["parent"], state["skip"], slices), next_row=state["next_row"])
 
     def __next__(self) -> dict[str, np.ndarray]:
-        while self._window is None or self._next_row >= len(self._window.rows):
+        while self._window is None or self._next_row >= self._window.num_rows:
             if self._window is not None:  # a window ended on an error: raise it again
                 raise self._error
             self._window = self._build_window()
-            if self._next_row >= len(self._window.rows) and self._error is None:
+            if self._next_row >= self._window.num_rows and self._error is None:
                 # After a restore, rows past this window's: a restored window holds no
                 # carried elements, so it may plan fewer rows than the one saved from.
-                left = self._next_row - len(self._window.rows)
+                left = self._next_row - self._window.num_rows
                 self._finish_window()
                 self._next_row = left
-        row = self._window.rows[self._next_row]
+        row = self._window.row(self._next_row)
         self._next_row += 1
-        if self._next_row == len(self._window.rows) and self._error is None:
+        if self._next_row == self._window.num_rows and self._error is None:
             self._finish_window()
         return row
 
     def _finish_window(self) -> None:
-        self._pool.release(self._window.arrays)
+        self._window.release()
         self._window = None
         self._start = self._next_start
         self._next_row = 0
