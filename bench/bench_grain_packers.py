@@ -4,86 +4,45 @@ asv runs the classes (``time_*`` / ``peakmem_*``); ``python bench/bench_grain_pa
 prints the packers' self time per item (pipeline minus the same pipeline without a
 packer), grain/xbatch ratios and items/s at 8 vs 4,096 bins.
 
-Stream: 2,048-token rows, features ``inputs`` and ``targets`` whose lengths are drawn
-independently from a lognormal distribution (sigma 1) with the given mean (90 or 600
-tokens), clipped to 1..2048; int32 tokens, views into one shared token pool so that the
-stream costs little memory. The parent reads without prefetch threads, whose hand-off
-would cost more than the packers themselves.
+Stream (see ``_selftime.py``): 2,048-token rows, features ``inputs`` and ``targets``
+whose lengths are drawn independently from a lognormal distribution (sigma 1) with the
+given mean (90 or 600 tokens); int32 tokens, views into one shared token pool.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import statistics
-import time
 
 import grain
-import numpy as np
 
-from xbatch import _backend, _kernels_numpy
+try:  # asv imports this folder as a package; the script runs from inside it
+    from ._selftime import MEAN_TOKENS, ROW_LENGTH, available_backends, consume, cpu_seconds, documents, kernel_backend, parent, self_times
+except ImportError:
+    from _selftime import MEAN_TOKENS, ROW_LENGTH, available_backends, consume, cpu_seconds, documents, kernel_backend, parent, self_times
+
 from xbatch.packing import BestFitPackIterDataset, FirstFitPackIterDataset
 
-ROW_LENGTH = 2048
 NUM_BINS = 64
-MEAN_TOKENS = (90, 600)
+KEYS = ("inputs", "targets")
 PACKERS = {
     "grain": grain.experimental.FirstFitPackIterDataset,
     "grain_best_fit": grain.experimental.BestFitPackIterDataset,
     "xbatch": FirstFitPackIterDataset,
     "xbatch_best_fit": BestFitPackIterDataset,
 }
-NO_PREFETCH = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-
-
-@functools.cache
-def documents(mean_tokens: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """``count`` documents {"inputs", "targets"} of int32 tokens, lognormal lengths."""
-    rng = np.random.default_rng(seed)
-    pool = rng.integers(0, 50_000, 1 << 20, dtype=np.int32)
-    sigma = 1.0
-    mu = np.log(mean_tokens) - sigma**2 / 2  # the lognormal's mean is exp(mu + sigma^2/2)
-    lengths = np.clip(np.rint(rng.lognormal(mu, sigma, (count, 2))), 1, ROW_LENGTH).astype(int)
-    starts = rng.integers(0, len(pool) - ROW_LENGTH, (count, 2))
-    return [
-        {"inputs": pool[s0 : s0 + n0], "targets": pool[s1 : s1 + n1]}
-        for (s0, s1), (n0, n1) in zip(starts.tolist(), lengths.tolist())
-    ]
 
 
 def pipeline(packer: str, mean_tokens: int, count: int, num_bins: int = NUM_BINS):
     """The parent over the documents, packed by ``packer`` ("none": not packed)."""
-    parent = grain.MapDataset.source(documents(mean_tokens, count)).to_iter_dataset(NO_PREFETCH)
     if packer == "none":
-        return parent
+        return parent(mean_tokens, count, KEYS)
     return PACKERS[packer](
-        parent,
-        length_struct={"inputs": ROW_LENGTH, "targets": ROW_LENGTH},
+        parent(mean_tokens, count, KEYS),
+        length_struct={key: ROW_LENGTH for key in KEYS},
         num_packing_bins=num_bins,
         seed=0,
     )
-
-
-def consume(dataset) -> int:
-    count = 0
-    for _ in dataset:
-        count += 1
-    return count
-
-
-@contextlib.contextmanager
-def kernel_backend(name: str):
-    """Runs xbatch on the ``"cython"`` or ``"numpy"`` kernels (NotImplementedError: not built)."""
-    module = _kernels_numpy if name == "numpy" else _backend.compiled_module()
-    if module is None:
-        raise NotImplementedError("the compiled extension is not built")
-    saved = _backend.impl
-    _backend.impl = module
-    try:
-        yield
-    finally:
-        _backend.impl = saved
 
 
 class GrainPackers:
@@ -106,7 +65,7 @@ class GrainPackers:
         self._backend = kernel_backend(backend)
         self._backend.__enter__()
         self.dataset = pipeline(packer, mean_tokens, self.count)
-        documents(mean_tokens, self.count)  # built outside the timing
+        documents(mean_tokens, self.count, KEYS)  # built outside the timing
 
     def teardown(self, packer, mean_tokens, backend):
         self._backend.__exit__(None, None, None)
@@ -134,61 +93,32 @@ class XbatchBinCount:
         consume(self.dataset)
 
 
-def _seconds(dataset) -> float:
-    """CPU seconds to consume ``dataset``: the pipeline is single-threaded, and CPU time
-    does not count the time other processes on shared cores take from it."""
-    start = time.process_time()
-    consume(dataset)
-    return time.process_time() - start
-
-
-def self_times(mean_tokens: int, count: int, repeats: int, suffix: str, backends: list[str]):
-    """Median per-item self time (us) of grain and of xbatch on each backend.
-
-    Each repeat times the unpacked pipeline and every packer back to back and
-    subtracts, so that drifts in machine speed (shared cores) cancel.
-    """
-    samples: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        base = _seconds(pipeline("none", mean_tokens, count))
-        samples.setdefault("grain", []).append(_seconds(pipeline("grain" + suffix, mean_tokens, count)) - base)
-        for backend in backends:
-            with kernel_backend(backend):
-                elapsed = _seconds(pipeline("xbatch" + suffix, mean_tokens, count))
-            samples.setdefault(backend, []).append(elapsed - base)
-        samples.setdefault("none", []).append(base)
-    return {name: statistics.median(values) / count * 1e6 for name, values in samples.items()}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=20_000, help="documents per stream")
     parser.add_argument("--repeats", type=int, default=5, help="median of this many runs")
     parser.add_argument("--backends", default="cython,numpy", help="xbatch kernels to time")
     args = parser.parse_args(argv)
-    backends = []
-    for backend in args.backends.split(","):
-        try:
-            with kernel_backend(backend):
-                backends.append(backend)
-        except NotImplementedError as exc:
-            print(f"{backend}: skipped, {exc}")
+    backends = available_backends(args.backends)
     print(f"{ROW_LENGTH}-token rows, {NUM_BINS} bins, {args.count} documents, median of {args.repeats}")
     header = f"{'mean':>5} {'algorithm':>10} {'parent us/item':>15} {'grain self':>11} "
     print(header + "".join(f"{'xbatch ' + b:>15} {'ratio':>7}" for b in backends))
     for mean_tokens in MEAN_TOKENS:
-        documents(mean_tokens, args.count)
+        documents(mean_tokens, args.count, KEYS)
         for suffix, algorithm in (("", "first_fit"), ("_best_fit", "best_fit")):
-            us = self_times(mean_tokens, args.count, args.repeats, suffix, backends)
+            def build(packer, m=mean_tokens, s=suffix):
+                return pipeline(packer if packer == "none" else packer + s, m, args.count)
+
+            us = self_times(build, "grain", "xbatch", backends, args.count, args.repeats)
             cells = "".join(f"{us[b]:15.2f} {us['grain'] / us[b]:6.1f}x" for b in backends)
             print(f"{mean_tokens:>5} {algorithm:>10} {us['none']:15.2f} {us['grain']:11.2f} {cells}")
     print("\nitems/s of the xbatch pipeline (first fit, default backend) by bin count:")
     count = 5 * args.count
     for mean_tokens in MEAN_TOKENS:
-        documents(mean_tokens, count)
+        documents(mean_tokens, count, KEYS)
         rates = {
             bins: count / statistics.median(
-                _seconds(pipeline("xbatch", mean_tokens, count, bins)) for _ in range(args.repeats)
+                cpu_seconds(pipeline("xbatch", mean_tokens, count, bins)) for _ in range(args.repeats)
             )
             for bins in (8, 4096)
         }

@@ -979,28 +979,23 @@ def write_split_rows(elements, key, items, rows_of, starts, cells, first_row, ou
             break
         cursor += c
         parts.append(value[s : s + c])
-    # Each piece's first cell in its row: cells before it, minus those before its row's first piece.
-    ends = np.cumsum(cells)
-    before = ends - cells
-    new_row = np.ones(n, dtype=bool)
-    new_row[1:] = rows_of[1:] != rows_of[:-1]
-    first_piece = np.maximum.accumulate(np.where(new_row, np.arange(n), 0)) if n else np.zeros(0, np.int64)
-    in_row = before - before[first_piece]
+    # Row by row: a row's pieces are back to back, so each of its arrays is one slice of
+    # the pieces joined (a loop over rows, not over pieces or cells).
     m = first_bad  # pieces written (all when every piece is fine)
-    cells_m, rows_m, in_row_m = cells[:m], rows_of[:m], in_row[:m]
-    total = int(cells_m.sum())
-    token_row = np.repeat(rows_m, cells_m)
-    token_cell = np.arange(total) - np.repeat(before[:m], cells_m) + np.repeat(in_row_m, cells_m)
-    cursor = np.zeros(rows, dtype=np.int64)
-    np.maximum.at(cursor, rows_m, in_row_m + cells_m)
-    after = np.arange(capacity) >= cursor[:, None]
-    if total:
-        out_values[token_row, token_cell] = np.concatenate(parts[:m])
-    out_values[after] = 0
+    cells_m, rows_m = cells[:m], rows_of[:m]
+    flat = np.concatenate(parts) if parts else np.zeros((0, *out_values.shape[2:]), out_values.dtype)
+    row_bounds = np.searchsorted(rows_m, np.arange(rows + 1))  # pieces of row r: [b[r], b[r+1])
+    piece_ends = np.concatenate([[0], np.cumsum(cells_m)])
     if out_ids is not None:
-        segment = np.arange(m) - first_piece[:m] + 1
-        out_ids[token_row, 0, token_cell] = np.repeat(segment, cells_m)
-        out_ids[token_row, 1, token_cell] = token_cell - np.repeat(in_row_m, cells_m)
-        out_ids[:, 0][after] = 0
-        out_ids[:, 1][after] = 0
+        segments = np.repeat(np.arange(m) - np.repeat(row_bounds[:-1], np.diff(row_bounds)) + 1, cells_m)
+        positions = np.arange(len(flat)) - np.repeat(piece_ends[:-1], cells_m)
+    for r, (a, b) in enumerate(zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist())):
+        begin, end = int(piece_ends[a]), int(piece_ends[b])
+        used = end - begin
+        out_values[r, :used] = flat[begin:end]
+        out_values[r, used:] = 0
+        if out_ids is not None:
+            out_ids[r, 0, :used] = segments[begin:end]
+            out_ids[r, 1, :used] = positions[begin:end]
+            out_ids[r, :, used:] = 0
     return -1 if first_bad == n else first_bad

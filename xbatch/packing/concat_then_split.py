@@ -16,6 +16,7 @@ rows to drop. Restoring replays at most one window.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -405,29 +406,46 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
         parent, config = self._parent, self._config
         keys = config.keys
         first, num_keys = keys[0], len(keys)
-        single = num_keys == 1
-        append, log, log_all = elements.append, lengths.append, lengths.extend
-        while len(elements) < target:
-            try:
-                element = next(parent)
-            except StopIteration:
+        while len(elements) < target and not self._exhausted:
+            begin = len(elements)
+            # islice pulls in C; list.extend keeps the elements pulled before an error.
+            elements.extend(islice(parent, target - begin))
+            if len(elements) < target:
                 self._exhausted = True
-                return
-            # grain requires exactly the keys of length_struct: as many keys, each found.
-            if type(element) is not dict and not isinstance(element, Mapping):
-                raise _structure_error(element, config.length_struct)
-            if len(element) != num_keys:
-                raise _structure_error(element, config.length_struct)
+            pulled = elements[begin:]
+            # The common case in one comprehension: dicts of exactly the keys, arrays.
             try:
-                if single:
-                    log(element[first].shape[0])
+                if num_keys == 1:
+                    logged = [e[first].shape[0] for e in pulled if type(e) is dict and len(e) == 1]
                 else:
-                    log_all([element[key].shape[0] for key in keys])
+                    logged = [e[k].shape[0] for e in pulled if type(e) is dict and len(e) == num_keys for k in keys]
+            except (KeyError, AttributeError, IndexError, TypeError):
+                logged = []
+            if len(logged) == len(pulled) * num_keys:
+                lengths.extend(logged)
+            else:
+                logged, error = self._lengths_one_by_one(pulled)
+                lengths.extend(logged)
+                if error is not None:  # held: the elements before it, as their lengths
+                    del elements[begin + len(logged) // num_keys :]
+                    raise error
+
+    def _lengths_one_by_one(self, pulled: list) -> tuple[list[int], ValueError | None]:
+        """(the elements' lengths, ``_SCALAR`` for scalars, up to the first element of
+        another structure; grain's error for that one or None)."""
+        config = self._config
+        keys = config.keys
+        logged: list[int] = []
+        for element in pulled:
+            # grain requires exactly the keys of length_struct: as many keys, each found.
+            if type(element) is not dict and not isinstance(element, Mapping) or len(element) != len(keys):
+                return logged, _structure_error(element, config.length_struct)
+            try:
+                values = [element[key] for key in keys]
             except KeyError:
-                raise _structure_error(element, config.length_struct) from None
-            except (AttributeError, IndexError):  # a scalar, list or other sequence
-                log_all([_SCALAR if np.ndim(element[k]) == 0 else len(element[k]) for k in keys])
-            append(element)
+                return logged, _structure_error(element, config.length_struct)
+            logged += [_SCALAR if np.ndim(v) == 0 else len(v) for v in values]
+        return logged, None
 
     def _build_window(self) -> _Window:
         """Plans and writes the next window; StopIteration when no row is left."""
