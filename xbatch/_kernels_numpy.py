@@ -946,56 +946,54 @@ def write_split_rows(elements, key, items, rows_of, starts, cells, first_row, ou
     rows, capacity = out_values.shape[:2]
     if out_ids is not None and out_ids.shape != (rows, 2, capacity):
         raise ValueError("write_split_rows: out_ids must be int32[rows, 2, cells]")
-    rows_of = rows_of - first_row
-    first_bad, previous, cursor, parts = n, 0, 0, []
-    # The checks in the compiled kernel's order, piece by piece; the writes vectorized.
-    for p, (e, r, s, c) in enumerate(zip(items.tolist(), rows_of.tolist(), starts.tolist(), cells.tolist())):
+    out_dtype, cell_shape, ndim = out_values.dtype, out_values.shape[2:], out_values.ndim - 1
+    ids = out_ids is not None
+    iota = np.arange(capacity, dtype=np.int32)
+    row, cursor, segment = 0, 0, 0
+    # The compiled kernel's loop, piece by piece: checks, then three slice writes.
+    for p, (e, r, s, c) in enumerate(zip(items.tolist(), (rows_of - first_row).tolist(), starts.tolist(), cells.tolist())):
         if not 0 <= e < len(elements):
             raise ValueError(f"items: piece {p} names element {e}, expected [0, {len(elements)})")
-        if r < previous or r >= rows:
+        if r < row or r >= rows:
             raise ValueError(
                 f"rows: piece {p} has row {r + first_row}, expected non-decreasing rows in"
-                f" [{first_row + previous}, {first_row} + {rows})"
+                f" [{first_row + row}, {first_row} + {rows})"
             )
         if s < 0 or c < 0:
             raise ValueError(f"starts, cells: piece {p} has start {s} and {c} cells, expected >= 0")
-        if r != previous:
-            cursor = 0
-        previous = r
+        while row < r:  # rows are written in order: close the ones before this piece
+            _close_split_row(out_values, out_ids, row, cursor)
+            row, cursor, segment = row + 1, 0, 0
         element = elements[e]
         value = element.get(key) if type(element) is dict else None
         if not (
             type(value) is np.ndarray
-            and value.ndim == out_values.ndim - 1
+            and value.ndim == ndim
+            and value.dtype == out_dtype
+            and value.shape[1:] == cell_shape
             and value.flags.c_contiguous
-            and value.dtype == out_values.dtype
-            and value.shape[1:] == out_values.shape[2:]
             and s <= value.shape[0]
             and c <= value.shape[0] - s
             and c <= capacity - cursor
-            and not (c and np.may_share_memory(value[s : s + c], out_values))
         ):
-            first_bad = p
-            break
+            return p
+        if c:
+            if np.may_share_memory(value, out_values) and np.shares_memory(value[s : s + c], out_values):
+                return p
+            out_values[row, cursor : cursor + c] = value[s : s + c]
+        if ids:
+            segment += 1
+            out_ids[row, 0, cursor : cursor + c] = segment
+            out_ids[row, 1, cursor : cursor + c] = iota[:c]
         cursor += c
-        parts.append(value[s : s + c])
-    # Row by row: a row's pieces are back to back, so each of its arrays is one slice of
-    # the pieces joined (a loop over rows, not over pieces or cells).
-    m = first_bad  # pieces written (all when every piece is fine)
-    cells_m, rows_m = cells[:m], rows_of[:m]
-    flat = np.concatenate(parts) if parts else np.zeros((0, *out_values.shape[2:]), out_values.dtype)
-    row_bounds = np.searchsorted(rows_m, np.arange(rows + 1))  # pieces of row r: [b[r], b[r+1])
-    piece_ends = np.concatenate([[0], np.cumsum(cells_m)])
+    while row < rows:
+        _close_split_row(out_values, out_ids, row, cursor)
+        row, cursor = row + 1, 0
+    return -1
+
+
+def _close_split_row(out_values, out_ids, row, cursor):
+    """Zeroes a row's cells from ``cursor`` on (values and, unless None, both id rows)."""
+    out_values[row, cursor:] = 0
     if out_ids is not None:
-        segments = np.repeat(np.arange(m) - np.repeat(row_bounds[:-1], np.diff(row_bounds)) + 1, cells_m)
-        positions = np.arange(len(flat)) - np.repeat(piece_ends[:-1], cells_m)
-    for r, (a, b) in enumerate(zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist())):
-        begin, end = int(piece_ends[a]), int(piece_ends[b])
-        used = end - begin
-        out_values[r, :used] = flat[begin:end]
-        out_values[r, used:] = 0
-        if out_ids is not None:
-            out_ids[r, 0, :used] = segments[begin:end]
-            out_ids[r, 1, :used] = positions[begin:end]
-            out_ids[r, :, used:] = 0
-    return -1 if first_bad == n else first_bad
+        out_ids[row, :, cursor:] = 0
