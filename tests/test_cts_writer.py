@@ -179,3 +179,58 @@ def test_first_row_offsets_the_rows(backend):
     assert args["out_values"].tolist() == [[0, 1, 0, 0], [2, 3, 0, 0]]
     with pytest.raises(ValueError, match="rows: piece 0 has row 5"):
         kernels.write_split_rows(**_args(rows=[5, 6], first_row=6))
+
+
+# --- kernels.element_lengths: the lengths the iterator plans with ---------------------------
+
+
+def _lengths_reference(elements, keys, start):
+    out = []
+    for element in elements[start:]:
+        if type(element) is not dict or len(element) != len(keys):
+            break
+        values = [element.get(key) for key in keys]
+        if not all(type(v) is np.ndarray and v.ndim >= 1 for v in values):
+            break
+        out += [v.shape[0] for v in values]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_element_lengths_stop_at_the_first_irregular_element(backend, seed):
+    rng = np.random.default_rng(seed)
+    keys = ["a", "b"][: 1 + seed % 2]
+    irregular = [
+        lambda: 5,
+        lambda: {k: 5 for k in keys},
+        lambda: {k: np.array(5) for k in keys},
+        lambda: {k: [1, 2] for k in keys},
+        lambda: {**{k: np.arange(2) for k in keys}, "extra": np.arange(1)},
+        lambda: {"other": np.arange(2)} if len(keys) == 1 else {"a": np.arange(2), "c": np.arange(3)},
+        lambda: np.arange(3),
+    ]
+    elements = []
+    for _ in range(int(rng.integers(0, 30))):
+        if rng.random() < 0.15:
+            elements.append(irregular[int(rng.integers(0, len(irregular)))]())
+        else:
+            elements.append({k: np.zeros((int(rng.integers(0, 50)), *([2] if rng.random() < 0.2 else [])), np.int32) for k in keys})
+    for start in range(len(elements) + 1):
+        assert kernels.element_lengths(elements, keys, start) == _lengths_reference(elements, keys, start)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (([{"a": np.arange(2)}], ["a"], -1), ValueError, "start"),
+        (({"a": np.arange(2)}, ["a"], 0), TypeError, "elements"),
+        (([{"a": np.arange(2)}], [("a",)], 0), TypeError, "keys"),
+    ],
+)
+def test_element_lengths_arguments_are_checked(backend, args, error, match):
+    with pytest.raises(error, match=match):
+        kernels.element_lengths(*args)
+
+
+def test_element_lengths_start_past_the_end_reads_nothing(backend):
+    assert kernels.element_lengths([{"a": np.arange(2)}], ["a"], 5) == []

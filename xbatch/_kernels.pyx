@@ -1914,3 +1914,28 @@ def write_split_rows(
         row += 1
         cursor = 0
     return -1
+
+
+def element_lengths(list elements, list keys, int64_t start):
+    """The lengths (dim 0 of each key's array, key by key) of ``elements[start:]`` up to
+    the first that is not a ``dict`` of exactly ``len(keys)`` entries holding, under every
+    key, an ``np.ndarray`` of >= 1 dims; a flat list of ints. See the NumPy twin."""
+    cdef Py_ssize_t e, f, num_keys = len(keys)
+    cdef PyObject* element
+    cdef PyObject* value
+    cdef list out = []
+    if start < 0:
+        raise ValueError(f"start: expected >= 0, got {start}")
+    e = start
+    while e < PyList_GET_SIZE(elements):
+        element = PyList_GET_ITEM(elements, e)
+        if type(<object>element) is not dict or len(<dict>element) != num_keys:
+            break
+        for f in range(num_keys):
+            value = PyDict_GetItem(<object>element, <object>PyList_GET_ITEM(keys, f)) if f < PyList_GET_SIZE(keys) else NULL
+            if value == NULL or not cnp.PyArray_CheckExact(<object>value) or cnp.PyArray_NDIM(<cnp.ndarray>value) < 1:
+                del out[len(out) - f :]
+                return out
+            out.append(cnp.PyArray_DIM(<cnp.ndarray>value, 0))
+        e += 1
+    return out

@@ -997,3 +997,20 @@ def _close_split_row(out_values, out_ids, row, cursor):
     out_values[row, cursor:] = 0
     if out_ids is not None:
         out_ids[row, :, cursor:] = 0
+
+
+def element_lengths(elements, keys, start):
+    """The lengths (``value.shape[0]``, key by key) of ``elements[start:]`` up to the first
+    that is not a ``dict`` of exactly ``len(keys)`` entries holding, under every key, a
+    plain ``np.ndarray`` of >= 1 dims; a flat list of ints (``len(keys)`` per element)."""
+    if start < 0:
+        raise ValueError(f"start: expected >= 0, got {start}")
+    out = []
+    for element in elements[start:]:
+        if type(element) is not dict or len(element) != len(keys):
+            break
+        values = [element.get(key) for key in keys]
+        if not all(type(v) is np.ndarray and v.ndim >= 1 for v in values):
+            break
+        out += [v.shape[0] for v in values]
+    return out

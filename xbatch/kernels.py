@@ -42,6 +42,7 @@ __all__ = [
     "shift_left",
     "shift_right",
     "gather_packed_rows",
+    "element_lengths",
     "write_split_rows",
 ]
 
@@ -950,3 +951,28 @@ def write_split_rows(
     if n > _INT32_MAX and out_ids is not None:
         raise ValueError(f"items: {n} pieces have segment ids beyond int32")
     return _backend.impl.write_split_rows(elements, key, *arrays, first_row, out_values, out_ids)
+
+
+def element_lengths(elements: list, keys: Sequence[Any], start: int = 0) -> list[int]:
+    """Reads the lengths of a stream's elements for :func:`concat_then_split`, in one pass.
+
+    Args:
+      elements: list of the elements (dicts of feature -> array).
+      keys: the features (str or int keys), in ``lengths`` column order.
+      start: the first element to read.
+
+    Returns:
+      A flat list of ints, ``len(keys)`` per element: ``element[key].shape[0]`` for
+      ``elements[start:]`` up to (not including) the first element that is not a
+      ``dict`` of exactly ``len(keys)`` entries holding, under every key, a plain
+      ``np.ndarray`` of >= 1 dims (scalars, lists, other mappings, missing or extra
+      keys): read that one another way.
+    """
+    if not isinstance(elements, list):
+        raise TypeError(f"elements: expected a list of dicts, got {describe(elements)}")
+    keys = list(keys)
+    for key in keys:
+        if type(key) not in (str, int):  # hashed without running Python code
+            raise TypeError(f"keys: expected str or int keys, got {describe(key)}")
+    start = positive_int("start", start, minimum=0)
+    return _backend.impl.element_lengths(elements, keys, start)
