@@ -205,6 +205,27 @@ def test_rows_written_in_small_chunks_match_grain(backend, monkeypatch, chunk_ce
     _check_against_grain(*_random_case(seed))
 
 
+@pytest.mark.parametrize("seed", range(0, 60, 6))
+def test_windows_cut_by_the_row_budget_match_grain(backend, monkeypatch, seed):
+    """Pulling stops once the window's elements fill about one row (batches of 2)."""
+    monkeypatch.setattr(cts_module, "WINDOW_PULL_ROWS", 1)
+    monkeypatch.setattr(cts_module, "PULL_BATCH", 2)
+    _check_against_grain(*_random_case(seed))
+
+
+def test_long_documents_keep_few_elements_pulled(backend, monkeypatch):
+    monkeypatch.setattr(cts_module, "WINDOW_PULL_ROWS", 4)
+    monkeypatch.setattr(cts_module, "PULL_BATCH", 1)
+    pulled = []
+    docs = [{"inputs": np.arange(30) + i} for i in range(100)]
+    parent = grain.MapDataset.source(docs).map(lambda d: pulled.append(1) or d).to_iter_dataset(NO_PREFETCH)
+    iterator = iter(ConcatThenSplitIterDataset(parent, length_struct={"inputs": 10}))
+    next(iterator)
+    assert len(pulled) <= 3  # 2 documents fill 6 rows >= 4; WINDOW_ITEMS would be 8,192
+    expected = list(grain.experimental.ConcatThenSplitIterDataset(_iter_dataset(docs), length_struct={"inputs": 10}))
+    assert_same_rows(expected[1:], list(iterator))
+
+
 def test_random_cases_cover_rows_and_errors():
     outcomes = {_check_against_grain(*_random_case(seed)) for seed in range(60)}
     assert outcomes == {"rows", "error"}
@@ -295,6 +316,9 @@ def test_restores_exactly_with_grains_checker(backend, monkeypatch, case):
     monkeypatch.setattr(cts_module, "WINDOW_ITEMS", 3 if case % 2 else 1024)
     if case % 4 == 2:  # rows written a chunk of two at a time: restores land mid-window
         monkeypatch.setattr(cts_module, "CHUNK_CELLS", 2 * sum(_checkpoint_cases()[case][1]["length_struct"].values()))
+    if case % 4 == 0:  # windows cut by the row budget
+        monkeypatch.setattr(cts_module, "WINDOW_PULL_ROWS", 2)
+        monkeypatch.setattr(cts_module, "PULL_BATCH", 3)
     docs, kwargs = _checkpoint_cases()[case]
     grain.experimental.assert_equal_output_after_checkpoint(ConcatThenSplitIterDataset(_iter_dataset(docs), **kwargs))
 
@@ -469,3 +493,23 @@ def test_kernel_single_feature_cuts_every_row_length(backend):
 def test_kernel_arguments_are_checked(backend, kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         kernels.concat_then_split(**kwargs)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_numpy_single_feature_plan_equals_the_steps(seed):
+    """The NumPy twin's vectorized plan for one plain feature equals its step-by-step
+    reference, carries, row caps and non-final calls included."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n, cap = int(rng.integers(0, 25)), int(rng.integers(1, 12))
+        lengths = (rng.integers(0, 30, n) * (rng.random(n) > 0.25)).reshape(n, 1).astype(np.int64)
+        carry = np.full((1, 2), -1, np.int64)
+        if n and lengths[0, 0] > 1 and rng.random() < 0.4:
+            a = int(rng.integers(0, lengths[0, 0]))
+            carry[0] = (a, int(rng.integers(a + 1, lengths[0, 0] + 1)))
+        final, max_rows = int(rng.random() < 0.5), int(rng.integers(1, 8)) if rng.random() < 0.5 else 1 << 62
+        fast = _kernels_numpy._split_one_feature(lengths[:, 0], cap, carry[0].tolist(), final, max_rows)
+        steps = _kernels_numpy._concat_then_split_steps(
+            lengths, np.zeros((n, 1), np.uint8), np.array([cap]), np.zeros(1, np.uint8), 1, carry, final, max_rows
+        )
+        assert _plan_fields(fast) == _plan_fields(steps)

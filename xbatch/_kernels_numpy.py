@@ -687,6 +687,82 @@ def concat_then_split(lengths, scalar, capacities, meta, split_full_length, carr
       meta feature longer than its row (grain raises there; ``rows`` come before it).
     """
     n, num_features = lengths.shape
+    if num_features == 1 and split_full_length and not meta.any() and not scalar.any():
+        plan = _split_one_feature(lengths[:, 0], int(capacities[0]), carry[0].tolist(), final, max_rows)
+        if plan is not None:
+            return plan
+    return _concat_then_split_steps(lengths, scalar, capacities, meta, split_full_length, carry, final, max_rows)
+
+
+def _split_one_feature(lengths, capacity, carry, final, max_rows):
+    """:func:`concat_then_split` for one plain feature, vectorized (or None for a carry
+    that is not a slice ``0 <= start < stop <= length`` of item 0).
+
+    Then grain's steps reduce to positions: the items lie back to back at ``begin`` (item
+    0 from its carried slice on), row ``r`` holds cells ``[r * capacity, (r + 1) *
+    capacity)`` of that stream, and an empty item at a row border belongs to the row
+    before it (it joins the full row, which only the next non-empty item closes). A
+    non-final plan emits only the rows some later cell closes.
+    """
+    n = len(lengths)
+    sizes = lengths.astype(np.int64)
+    offset0, end0 = 0, None
+    if carry != [EMPTY_SLICE, EMPTY_SLICE]:
+        if not n or not 0 <= carry[0] < carry[1] <= sizes[0]:
+            return None
+        offset0, end0 = carry
+        sizes = sizes.copy()
+        sizes[0] = end0 - offset0
+    ends = np.cumsum(sizes)
+    begin = ends - sizes
+    total = int(ends[-1]) if n else 0
+    if final:
+        available = -(-total // capacity) if total else min(n, 1)
+    else:
+        available = max(0, -(-total // capacity) - 1)
+    rows = min(available, max_rows)
+    if final and rows == available:
+        consumed, next_carry = n, [EMPTY_SLICE, EMPTY_SLICE]
+    elif rows == 0:
+        consumed, next_carry = 0, list(carry)
+    else:
+        border = rows * capacity
+        consumed = int(np.searchsorted(ends, border, side="right"))  # the item holding cell `border`
+        if begin[consumed] == border:
+            next_carry = [EMPTY_SLICE, EMPTY_SLICE]
+        else:
+            offset = offset0 if consumed == 0 else 0
+            stop = end0 if consumed == 0 and end0 is not None else int(lengths[consumed])
+            next_carry = [offset + border - int(begin[consumed]), stop]
+    empty = sizes == 0
+    at_border = empty & (begin > 0) & (begin % capacity == 0)
+    first_row = begin // capacity - at_border
+    last_row = np.where(empty, first_row, (ends - 1) // capacity)
+    last_row = np.minimum(last_row, rows - 1)
+    count = np.maximum(last_row - first_row + 1, 0)
+    item = np.repeat(np.arange(n, dtype=np.int64), count)
+    within = np.arange(len(item), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    row = np.repeat(first_row, count) + within
+    piece_begin = np.maximum(begin[item], row * capacity)
+    piece_end = np.minimum(ends[item], (row + 1) * capacity)
+    start = piece_begin - begin[item]
+    if offset0 and len(item):
+        start[item == 0] += offset0
+    return (
+        item,
+        row.astype(np.int64),
+        start.reshape(-1, 1),
+        (piece_end - piece_begin).reshape(-1, 1),
+        rows,
+        consumed,
+        np.array(next_carry, dtype=np.int64).reshape(1, 2),
+        0,
+    )
+
+
+def _concat_then_split_steps(lengths, scalar, capacities, meta, split_full_length, carry, final, max_rows):
+    """:func:`concat_then_split` step by step, as grain runs (every case; the reference)."""
+    n, num_features = lengths.shape
     caps = capacities.tolist()
     is_meta = [bool(m) for m in meta.tolist()]
     lens, scal = lengths.tolist(), scalar.tolist()

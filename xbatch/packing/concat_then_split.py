@@ -4,13 +4,17 @@ The parent's elements (flat dicts of ``[tokens, ...]`` arrays or scalars) are
 concatenated per feature and cut into rows of ``length_struct[key]`` cells; see
 :func:`xbatch.kernels.concat_then_split` for the rules, grain's quirks included.
 
-The iterator pulls a window of elements (about :data:`WINDOW_ITEMS`), plans all their
-rows in one kernel call, writes every feature's rows at once (``scatter_rows``,
-``pack_rows``) and hands out views of those arrays. Elements of the last, unfinished row
-wait for the next window. The state is where the window starts plus the rows emitted
-from it: ``{"parent", "skip", "slices", "next_row"}`` -- the parent's state read once per
-window, elements to pull after it, the first element's slices left over from a cut, and
-rows to drop. Restoring replays at most one window.
+The iterator pulls a window of elements (about :data:`WINDOW_ITEMS`) back to back,
+reads their lengths in one kernel pass (:func:`xbatch.kernels.element_lengths`), plans
+all their rows in one kernel call, and writes the rows a chunk at a time as they are
+asked for: one :func:`xbatch.kernels.write_split_rows` pass per feature writes values,
+segment ids and positions of a chunk (about :data:`CHUNK_CELLS` cells, which stay in
+cache) into recycled blocks, and rows are views of those. Rows of other dtypes, casts and
+scalars take the general path (``scatter_rows``, ``pack_rows``). Elements of the last,
+unfinished row wait for the next window. The state is where the window starts plus the
+rows emitted from it: ``{"parent", "skip", "slices", "next_row"}`` -- the parent's state
+read once per window, elements to pull after it, the first element's slices left over
+from a cut, and rows to drop. Restoring replays at most one window.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ BOSHandling = grain.experimental.BOSHandling
 WINDOW_ITEMS = 8192
 # Rows per window at most (grain's rules can cut one element into rows without end).
 WINDOW_ROWS = 4096
+# Pulling stops early once the window's elements fill about this many rows (their summed
+# cells over a row's, the fullest feature): long documents keep less memory alive.
+WINDOW_PULL_ROWS = 1024
+# Elements pulled per islice call (each batch's lengths are read before the next).
+PULL_BATCH = 1024
 # Cells (summed over features) of the rows written at a time: 64 Ki cells are 768 KiB of
 # values, segment ids and positions for int32 features, which stay in a core's L2 cache.
 CHUNK_CELLS = 1 << 16
@@ -407,16 +416,20 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
         self._start = self._next_start
         self._next_row = 0
 
-    def _pull(self, elements: list, lengths: list, target: int) -> None:
-        """Pulls elements until ``target`` are held or the parent ends; the hot loop."""
+    def _pull(self, elements: list, lengths: list, target: int, row_budget: bool) -> None:
+        """Pulls elements until ``target`` are held or the parent ends (or, with
+        ``row_budget``, the held elements fill about :data:`WINDOW_PULL_ROWS` rows)."""
         parent, config = self._parent, self._config
         keys = config.keys
         num_keys = len(keys)
+        capacities = config.capacities.tolist()
+        filled = [sum(lengths[f::num_keys]) for f in range(num_keys)] if row_budget else None
         while len(elements) < target and not self._exhausted:
-            begin = len(elements)
+            begin, logged_before = len(elements), len(lengths)
+            batch = min(PULL_BATCH, target - begin)
             # islice pulls in C; list.extend keeps the elements pulled before an error.
-            elements.extend(islice(parent, target - begin))
-            if len(elements) < target:
+            elements.extend(islice(parent, batch))
+            if len(elements) < begin + batch:
                 self._exhausted = True
             # Dicts of exactly the keys, arrays: read in one kernel pass; anything else
             # (scalars, lists, other mappings, errors) one element at a time.
@@ -434,6 +447,11 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
                     del elements[read:]
                     raise error
                 read += 1
+            if filled is not None:  # scalars count -1 here: an estimate is all it needs
+                for f in range(num_keys):
+                    filled[f] += sum(lengths[logged_before + f :: num_keys])
+                if max(cells / capacity for cells, capacity in zip(filled, capacities)) >= WINDOW_PULL_ROWS:
+                    return
 
     def _lengths_one_by_one(self, pulled: list) -> tuple[list[int], ValueError | None]:
         """(the elements' lengths, ``_SCALAR`` for scalars, up to the first element of
@@ -459,9 +477,10 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
         anchor = self._parent.get_state()
         before = len(elements)
         target = max(WINDOW_ITEMS, before)
+        row_budget = True
         while True:
             if not self._exhausted:
-                self._pull(elements, lengths, target)
+                self._pull(elements, lengths, target, row_budget)
             log = np.array(lengths, dtype=np.int64).reshape(len(elements), len(config.keys))
             scalar = log == _SCALAR
             if scalar.any():
@@ -478,7 +497,9 @@ class _ConcatThenSplitDatasetIterator(grain.DatasetIterator):
             )
             if plan.rows or plan.status or self._exhausted:
                 break
-            target *= 2  # no row finished yet: its elements span more than this window
+            # No row finished yet: its elements span more than this window (the row
+            # budget included), so pull on.
+            target, row_budget = 2 * target, False
         if plan.status:
             cells = log[plan.consumed].tolist()
             too_long = [
