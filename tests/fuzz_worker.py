@@ -155,6 +155,37 @@ def _out(arena, spec, dtype=None):
     return arena.array([SENTINEL] * (rows * cols), dtype or out_dtype, layout, output=True, shape=(rows, cols))
 
 
+@st.composite
+def packed_row_inputs(draw):
+    """Arguments of kernels.gather_packed_rows: mostly a packing index of a small corpus
+    (so calls reach the kernel), with entries of every array sometimes damaged."""
+    from xbatch.packing.index import pack_shard
+
+    lengths = draw(st.lists(st.integers(0, 7), max_size=6))
+    seq_len = draw(st.integers(1, 9))
+    index = pack_shard(np.array(lengths, np.int64), seq_len=seq_len, eod_token_id=1,
+                       long_documents=draw(st.sampled_from(["split", "truncate"])))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    token_values = draw(st.lists(st.one_of(st.integers(0, 50), st.integers(0, 50), INTS),
+                                 min_size=int(offsets[-1]), max_size=int(offsets[-1])))
+    tokens = (token_values, draw(st.sampled_from(["<i4", "<i4", "u2", "<i8", "u8", "i1", ">i4", "<f4"])),
+              draw(st.sampled_from(["contiguous", "contiguous", "strided", "readonly"])))
+    arrays = [offsets[:-1].copy(), offsets[1:].copy(), index.piece_document.copy(),
+              index.piece_start.astype(np.int64), index.piece_length.astype(np.int64), index.row_offsets.copy()]
+    for _ in range(draw(st.integers(0, 2))):  # damage: any entry of any array, any value
+        which = draw(st.integers(0, len(arrays) - 1))
+        if arrays[which].size:
+            arrays[which][draw(st.integers(0, arrays[which].size - 1))] = draw(INTS) % 2**63 * draw(
+                st.sampled_from([1, -1]))
+    num_rows = max(index.num_rows, 1)
+    rows = draw(st.lists(st.one_of(st.integers(0, num_rows - 1), st.integers(0, num_rows - 1), INTS), max_size=4))
+    options = {"seq_len": draw(st.one_of(st.just(seq_len), st.just(seq_len), INTS)),
+               "eod_token_id": draw(st.one_of(st.just(1), INTS)), "pad_token_id": draw(st.one_of(st.just(0), INTS)),
+               "shift": draw(st.sampled_from(["inputs", "targets", "both"])),
+               "first_document": draw(st.one_of(st.just(0), st.just(0), INTS))}
+    return (tokens, arrays[0], arrays[1], arrays[2:], rows, draw(st.booleans())), options
+
+
 def kernel_tests(runner: Runner, examples: int):
     common = settings(max_examples=examples, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
@@ -297,8 +328,26 @@ def kernel_tests(runner: Runner, examples: int):
             return log
         runner("RollingPacker", (capacity, num_bins, buffer_size, buffer_wait, bin_wait, max_items, ops), run)
 
+    @common
+    @given(inputs=packed_row_inputs())
+    def gather_rows(inputs):
+        (tokens, starts, ends, index_arrays, rows, with_out), options = inputs
+
+        def run(arena):
+            out = None
+            if with_out:
+                shape = (len(rows), options["seq_len"]) if isinstance(options["seq_len"], int) else (0, 0)
+                shape = shape if 0 <= shape[1] <= 64 else (0, 0)
+                out = {name: arena.array([0] * (shape[0] * shape[1]), "<i4", "contiguous", output=True, shape=shape)
+                       for name in kernels.PACKED_ROW_FIELDS}
+            fields = kernels.gather_packed_rows(arena.array(*tokens), starts, ends, *index_arrays, rows, **options,
+                                                out=out)
+            return {name: value.copy() for name, value in fields.items()}
+        runner("gather_packed_rows", inputs, run)
+
     return [scatter, pack, shifts, attention, packer] + [
-        test for name, test in (("index_shuffle", shuffle), ("gather_ranges", gather), ("RollingPacker", rolling))
+        test for name, test in (("index_shuffle", shuffle), ("gather_ranges", gather), ("RollingPacker", rolling),
+                                ("gather_packed_rows", gather_rows))
         if hasattr(kernels, name)  # kernels other issues add; fuzzed once they exist
     ]
 

@@ -753,7 +753,7 @@ def gather_packed_rows(tokens: np.ndarray, document_starts: Any, document_ends: 
         ``tokens[document_starts[d]:document_ends[d]]``.
       piece_document (int64), piece_start (int32), piece_length (int32), row_offsets
         (int64): the index's arrays; memory maps of these dtypes are used in place.
-      rows: int[n], row numbers in ``[0, rows in the index)``.
+      rows: int[n], row numbers in ``[0, rows in the index)`` (no negative indices).
       seq_len: cells per row; eod_token_id, pad_token_id: ids in ``[0, 2**31)``;
         shift: ``"inputs"`` or ``"targets"``.
       first_document: the number of document 0 of ``document_starts`` in the index (a
@@ -792,7 +792,7 @@ def gather_packed_rows(tokens: np.ndarray, document_starts: Any, document_ends: 
     num_rows = offsets.shape[0] - 1
     bad = np.flatnonzero((rows < 0) | (rows >= num_rows))
     if bad.size:
-        raise IndexError(f"rows: row {rows[bad[0]]} is outside the index's {max(num_rows, 0)} rows")
+        raise ValueError(f"rows: row {rows[bad[0]]} is outside the index's {max(num_rows, 0)} rows")
     shape = (rows.shape[0], seq_len)
     if out is None:
         out = {name: np.empty(shape, np.int32) for name in PACKED_ROW_FIELDS}
