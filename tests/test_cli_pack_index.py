@@ -107,6 +107,12 @@ def test_process_pool_writes_the_serial_index_byte_for_byte(tmp_path, capsys):
     assert status == 0, err
     assert "engine processes, 2 workers" in out
     same_directories(tmp_path / "serial", tmp_path / "pool")
+    # A worker's error comes back as itself: one line naming the file (the first failing one in order).
+    (tmp_path / "missing.npz").unlink(missing_ok=True)
+    status, _, err = run(["pack", paths[0], tmp_path / "missing.npz", *INDEX_ARGS, "--index-out", tmp_path / "pool",
+                          "--engine", "processes", "--workers", "2"], capsys)
+    assert status == 1 and err.count("\n") == 1 and "missing.npz" in err, err
+    same_directories(tmp_path / "serial", tmp_path / "pool")  # the earlier index is kept
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
