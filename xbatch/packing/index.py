@@ -30,7 +30,7 @@ import numpy as np
 
 from .._atomic import atomic_output
 from .._checks import positive_int
-from .bulk import _place_corpus, _place_windows
+from .placement import place_corpus, place_windows
 from .pieces import BULK_ALGORITHMS, DECREASING, LONG_DOCUMENTS, SHIFTS, check_choice, check_token_id
 from .stats import PackingStats
 
@@ -181,9 +181,9 @@ def pack_shard(lengths: Any, *, first_document: int = 0, **arguments: Any) -> Pa
     if length.shape[0] == 0:
         bins, num_rows = np.empty(0, np.int64), 0
     elif arguments["num_packing_bins"] is None:
-        bins, num_rows = _place_corpus(length.reshape(-1, 1), seq_len, algorithm, cap)
+        bins, num_rows = place_corpus(length.reshape(-1, 1), seq_len, algorithm, cap)
     else:
-        bins, num_rows = _place_windows(length.reshape(-1, 1), seq_len, arguments["num_packing_bins"],
+        bins, num_rows = place_windows(length.reshape(-1, 1), seq_len, arguments["num_packing_bins"],
                                         algorithm, cap)
     # Row order; a stable sort keeps each row's pieces in corpus order, as they are laid out.
     order = np.argsort(bins, kind="stable")
