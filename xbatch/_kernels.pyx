@@ -1939,3 +1939,108 @@ def element_lengths(list elements, list keys, int64_t start):
             out.append(cnp.PyArray_DIM(<cnp.ndarray>value, 0))
         e += 1
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Loss masks (issue 13): a document mask with its EOD cells, and the targets
+# segmentation of the targets trained on with the loss tokens per row, one pass each.
+
+
+def eod_cell_mask(const int32_t[::1] mask, const int64_t[::1] lengths, int32_t eod_loss, int32_t[::1] out):
+    """Writes each document's mask followed by one ``eod_loss`` cell, document after
+    document, checking that every mask value is 0 or 1 in the same pass.
+
+    Returns -1 on success, else the index in ``mask`` of the first value that is not 0
+    or 1 (``out`` is then partly written).
+    """
+    cdef int64_t n = mask.shape[0], documents = lengths.shape[0], cells = out.shape[0]
+    cdef int64_t i, j, length, source = 0, target = 0, bad = -1, broken = 0
+    cdef uint32_t seen
+    with nogil:
+        for i in range(documents):
+            length = lengths[i]
+            # Bounds asserted per document (kept in the optimized build).
+            if length < 0 or length > n - source or length >= cells - target:
+                broken = 1
+                break
+            seen = 0
+            for j in range(length):
+                out[target + j] = mask[source + j]
+                seen |= <uint32_t>mask[source + j]  # a negative value is huge as uint32
+            out[target + length] = eod_loss
+            if seen > 1:
+                for j in range(length):
+                    if <uint32_t>mask[source + j] > 1:
+                        bad = source + j
+                        break
+                break
+            source += length
+            target += length + 1
+    if broken or (bad < 0 and (source != n or target != cells)):
+        _checks.raise_internal("eod_cell_mask")
+    return bad
+
+
+def trained_segmentation(
+    const int32_t[::1] loss_mask,
+    const int64_t[::1] lengths,
+    const int64_t[::1] bins,
+    int64_t shift,
+    int32_t[:, ::1] out,
+    int64_t[::1] out_counts,
+):
+    """Writes every cell of ``out``: a placed cell's 1-based segment id in its row where
+    its mask is non-zero, 0 where it is zero and where no item lies; with ``shift`` 1
+    everything moves one cell left (a row's first cell drops out, its last column is 0).
+    ``out_counts[b]`` gets the non-zero cells of row ``b``.
+
+    Items go in order to their row's next free cell, as for :func:`pack_rows` with
+    alignment 1. Returns -1 on success, else the index of the first item that does not
+    fit its row (nothing is written then).
+    """
+    cdef int64_t rows = out.shape[0], row_length = out.shape[1], num_values = loss_mask.shape[0]
+    cdef vector[int64_t] cursor = vector[int64_t](rows, 0)
+    cdef vector[int32_t] items_in_row = vector[int32_t](rows, 0)
+    cdef int64_t i, j, b, n, start, first, column, source = 0, failed, bad = -1, count
+    cdef int32_t segment, trained
+    if shift != 0 and shift != 1:
+        raise ValueError(f"shift: expected 0 or 1, got {shift}")
+    if out_counts.shape[0] != rows:
+        raise ValueError("out_counts: expected one count per row of out")
+    if row_length > INT32_MAX or lengths.shape[0] > INT32_MAX:
+        raise ValueError("trained_segmentation: segment ids must fit int32")
+    with nogil:
+        failed = _first_overflow(lengths, bins, 1, rows, row_length, num_values, cursor)
+        if failed < 0:
+            for b in range(rows):
+                cursor[b] = 0
+                out_counts[b] = 0
+            for i in range(lengths.shape[0]):
+                b = bins[i]
+                n = lengths[i]
+                start = cursor[b] if 0 <= b < rows else -1
+                if _outside(b, start, n, rows, row_length) or n > num_values - source:
+                    bad = i
+                    break
+                items_in_row[b] += 1
+                segment = items_in_row[b]
+                # With the shift, cell c lands in column c - 1: a row's first cell has none.
+                first = 1 if shift and start == 0 else 0
+                column = start - shift
+                count = 0
+                for j in range(first, n):
+                    trained = loss_mask[source + j] != 0
+                    out[b, column + j] = trained * segment
+                    count += trained
+                out_counts[b] += count
+                source += n
+                cursor[b] = start + n
+            if bad < 0:
+                for b in range(rows):
+                    # Columns from cursor - shift on hold no target trained on (with the
+                    # shift the last column always lies there).
+                    start = cursor[b] - shift if cursor[b] > 0 else 0
+                    _fill(&out[b, 0] + start, row_length - start, <int32_t>0)
+    if bad >= 0:
+        _checks.raise_internal("trained_segmentation")
+    return failed

@@ -1090,3 +1090,61 @@ def element_lengths(elements, keys, start):
             break
         out += [v.shape[0] for v in values]
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Loss masks (issue 13): a document mask with its EOD cells, and the targets
+# segmentation of the targets trained on with the loss tokens per row.
+
+
+def eod_cell_mask(mask, lengths, eod_loss, out):
+    """Writes each document's mask followed by one ``eod_loss`` cell, document after
+    document. Returns -1, else the index in ``mask`` of the first value that is not 0 or
+    1 (nothing is written then)."""
+    bad = np.flatnonzero(mask.view(np.uint32) > 1)  # a negative value is huge as uint32
+    if bad.size:
+        return int(bad[0])
+    ends = np.cumsum(lengths)
+    eod_cells = ends + np.arange(lengths.shape[0])  # each document's EOD, in out
+    keep = np.ones(out.shape[0], bool)
+    keep[eod_cells] = False
+    out[keep] = mask
+    out[eod_cells] = eod_loss
+    return -1
+
+
+def trained_segmentation(loss_mask, lengths, bins, shift, out, out_counts):
+    """Writes every cell of ``out``: a placed cell's 1-based segment id in its row where
+    its mask is non-zero, 0 elsewhere; with ``shift`` 1 everything moves one cell left (a
+    row's first cell drops out, its last column is 0). ``out_counts[b]`` gets the
+    non-zero cells of row ``b``. Returns -1, else the index of the first item that does
+    not fit its row (nothing is written then)."""
+    rows, row_length = out.shape
+    lengths_list, bins_list = lengths.tolist(), bins.tolist()
+    starts, failed = _item_starts(lengths_list, bins_list, 1, rows, row_length)
+    if failed >= 0:
+        return failed
+    n = lengths.shape[0]
+    # Each item's 1-based rank in its row: position among the items of its bin, in order.
+    order = np.argsort(bins, kind="stable")
+    sorted_bins = bins[order]
+    group_start = np.ones(n, bool)
+    group_start[1:] = sorted_bins[1:] != sorted_bins[:-1]
+    first_of_group = np.flatnonzero(group_start)
+    ranks = np.empty(n, np.int32)
+    ranks[order] = np.arange(n) - first_of_group[np.cumsum(group_start) - 1] + 1
+    offsets = np.cumsum(lengths) - lengths
+    values = (loss_mask != 0).astype(np.int32) * np.repeat(ranks, lengths)
+    # One flat row of cells, one cell longer in front: with the shift, a row's first cell
+    # lands there or in the previous row's last column, which the shift leaves at 0.
+    flat = np.zeros(rows * row_length + 1, np.int32)
+    for offset, length, b, start in zip(offsets.tolist(), lengths_list, bins_list, starts):
+        at = 1 + b * row_length + start - shift
+        flat[at:at + length] = values[offset:offset + length]
+        if shift and start == 0 and length:
+            flat[at] = 0  # no target for the row's first cell
+    out[...] = flat[1:].reshape(rows, row_length)
+    if shift:
+        out[:, -1] = 0
+    out_counts[...] = np.count_nonzero(out, axis=1)
+    return -1

@@ -44,6 +44,8 @@ __all__ = [
     "gather_packed_rows",
     "element_lengths",
     "write_split_rows",
+    "eod_cell_mask",
+    "trained_segmentation",
 ]
 
 
@@ -976,3 +978,100 @@ def element_lengths(elements: list, keys: Sequence[Any], start: int = 0) -> list
             raise TypeError(f"keys: expected str or int keys, got {describe(key)}")
     start = positive_int("start", start, minimum=0)
     return _backend.impl.element_lengths(elements, keys, start)
+
+
+# ---------------------------------------------------------------------------------------
+# Loss masks (issue 13): a document mask with its EOD cells, and the targets
+# segmentation of the targets trained on with the loss tokens per row.
+
+
+def eod_cell_mask(mask: Any, lengths: Any, *, eod_loss: int, name: str = "loss_mask") -> np.ndarray:
+    """The 0/1 mask of documents back to back, each followed by one ``eod_loss`` cell.
+
+    Args:
+      mask: 0/1 or bool [sum(lengths)], one value per token (1: trained on).
+      lengths: int[documents] >= 0, tokens per document.
+      eod_loss: 0 or 1, the mask of every EOD cell.
+      name: names ``mask`` in errors.
+
+    Returns:
+      int32[sum(lengths) + documents]; checked and written in one pass on int32 input.
+
+    Raises:
+      TypeError/ValueError naming ``name`` (and the first bad token) or ``lengths``.
+    """
+    lengths = _int_array("lengths", lengths, 1)
+    if lengths.size and lengths.min() < 0:
+        raise ValueError(f"lengths: expected lengths >= 0, got minimum {lengths.min()}")
+    if isinstance(eod_loss, bool) or eod_loss not in (0, 1):
+        raise ValueError(f"eod_loss: expected 0 or 1, got {eod_loss!r}")
+    array = np.asarray(mask)
+    if array.size == 0 and array.dtype == np.float64 and not isinstance(mask, np.ndarray):
+        array = array.astype(np.int32)
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: expected a mask of bools or 0/1 integers, got {describe(mask)}")
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-d mask, one value per token, got {describe(mask)}")
+    if lengths.size and lengths.max() > array.shape[0]:
+        raise ValueError(
+            f"{name}: expected one value per token, got {describe(mask)}, shorter than a document of "
+            f"{lengths.max()} tokens"
+        )
+    total = exact_sum(lengths, array.shape[0])
+    if total != array.shape[0]:
+        raise ValueError(f"{name}: expected one value per token ({total} tokens in lengths), got {describe(mask)}")
+    if array.dtype != np.int32:
+        if array.dtype != bool and array.size and (array.min() < 0 or array.max() > 1):
+            bad = int(np.flatnonzero((array < 0) | (array > 1))[0])
+            raise ValueError(f"{name}: expected 0 or 1 per token, got {array[bad]} at token {bad}")
+        array = array.astype(np.int32)
+    array = np.ascontiguousarray(array)
+    out = np.empty(array.shape[0] + lengths.shape[0], np.int32)
+    bad = _backend.impl.eod_cell_mask(array, lengths, int(eod_loss), out)
+    if bad >= 0:
+        raise ValueError(f"{name}: expected 0 or 1 per token, got {array[bad]} at token {bad}")
+    return out
+
+
+def trained_segmentation(loss_mask: Any, lengths: Any, bins: Any, out: np.ndarray, *, shift: int = 0) -> np.ndarray:
+    """Writes the targets segmentation of the targets trained on; returns the loss tokens
+    per row.
+
+    Items (``lengths``, ``bins``) are placed as for :func:`pack_rows` (alignment 1). A
+    placed cell gets its item's 1-based segment id in the row where ``loss_mask`` is
+    non-zero and 0 where it is zero; cells no item covers get 0. With ``shift=1`` the
+    rows move one cell left (``shift="targets"``: column ``c`` describes cell ``c + 1``;
+    the last column is 0). Every cell of ``out`` is written in one pass.
+
+    Args:
+      loss_mask: int32[sum(lengths)], the items' masks back to back (non-zero: trained on).
+      lengths, bins: int[n], the items in placement order and their rows.
+      out: int32[rows, row_length], C-contiguous, written in place; must not share memory
+        with the inputs.
+      shift: 0 or 1.
+
+    Returns:
+      int64[rows]: the non-zero cells of each row of ``out``.
+    """
+    out = _check_rows("out", out, np.int32)
+    if out.ndim != 2 or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous 2-d array, got {describe(out)}")
+    if out.shape[1] > _INT32_MAX:
+        raise ValueError(f"out: rows of {out.shape[1]} cells have segment ids beyond int32")
+    if isinstance(shift, bool) or shift not in (0, 1):
+        raise ValueError(f"shift: expected 0 or 1, got {shift!r}")
+    lengths, bins, _ = _check_placement(lengths, bins, out, 1)
+    if lengths.shape[0] > _INT32_MAX:
+        raise ValueError(f"lengths: {lengths.shape[0]} items have segment ids beyond int32")
+    mask = np.asarray(loss_mask)
+    if mask.dtype != np.int32 or mask.ndim != 1:
+        raise TypeError(f"loss_mask: expected a 1-d int32 array, got {describe(loss_mask)}")
+    total = exact_sum(lengths, out.shape[1])
+    if total != mask.shape[0]:
+        raise ValueError(f"lengths: expected lengths summing to the {mask.shape[0]} cells of loss_mask, got a sum of {total}")
+    if np.may_share_memory(mask, out):
+        raise_overlap("loss_mask", "out")
+    counts = np.empty(out.shape[0], np.int64)
+    failed = _backend.impl.trained_segmentation(np.ascontiguousarray(mask), lengths, bins, int(shift), out, counts)
+    _raise_overflow(failed, lengths, bins, out.shape[1])
+    return counts

@@ -31,7 +31,6 @@ from .pieces import (
     document_pieces,
     cell_loss_mask,
     lay_out_rows,
-    loss_tokens_per_row,
 )
 from .placement import place_corpus, place_windows
 from .stats import PackingStats
@@ -147,9 +146,10 @@ def pack_documents(
         bins, num_rows = place_corpus(pieces.lengths, seq_len, algorithm, cap)
     else:
         bins, num_rows = place_windows(pieces.lengths, seq_len, num_packing_bins, algorithm, cap)
+    loss_tokens = np.empty(num_rows, np.int64)
     fields = lay_out_rows(pieces.tokens, pieces.lengths[:, 0], bins, num_rows=num_rows, seq_len=seq_len,
                           eod_token_id=eod_token_id, pad_token_id=pad_token_id, shift=shift,
-                          loss_mask=pieces.loss_mask)
+                          loss_mask=pieces.loss_mask, out_loss_tokens=loss_tokens)
     batch = LLMBatch(**fields)
     if not return_stats:
         return batch
@@ -161,7 +161,7 @@ def pack_documents(
         capacity=num_rows * seq_len,
         tokens_truncated=int(pieces.truncated.sum()),
         documents_split=int(pieces.starts_split_document.sum()),
-        loss_tokens=int(loss_tokens_per_row(pieces.lengths[:, 0], bins, num_rows, pieces.loss_mask, shift).sum()),
+        loss_tokens=int(loss_tokens.sum()),
     )
     return batch, stats
 

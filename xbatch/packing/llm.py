@@ -33,7 +33,6 @@ from .pieces import (
     document_pieces,
     cell_loss_mask,
     lay_out_rows,
-    loss_tokens_per_row,
     place_until_full,
 )
 from .stats import PackingStats
@@ -437,16 +436,16 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         tokens, lengths, bins, starts_document, starts_split, truncated = self._window.columns()
         loss_mask = self._window.loss_mask()
         num_rows = self._packer.num_used_bins
+        loss_tokens = np.empty(num_rows, np.int64)
         self._fields = lay_out_rows(
             tokens, lengths, bins, num_rows=num_rows, seq_len=options.seq_len,
             eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
-            shift=options.shift, loss_mask=loss_mask, empty=self._pool.empty,
+            shift=options.shift, loss_mask=loss_mask, empty=self._pool.empty, out_loss_tokens=loss_tokens,
         )
         # Per row: tokens, pieces, documents, split documents, truncated tokens, loss tokens.
         columns = (lengths, None, starts_document, starts_split, truncated)
         self._row_stats = np.stack(
-            [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns]
-            + [loss_tokens_per_row(lengths, bins, num_rows, loss_mask, options.shift)], axis=1
+            [np.bincount(bins, weights=weights, minlength=num_rows) for weights in columns] + [loss_tokens], axis=1
         ).astype(np.int64).tolist()
         if options.shuffle_bins:
             seed = options.seed + self._counter - self._next_row

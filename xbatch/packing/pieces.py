@@ -213,8 +213,10 @@ def cell_loss_mask(lengths: np.ndarray, loss_mask: Any = None, prompt_lengths: A
     if loss_mask is not None and prompt_lengths is not None:
         raise ValueError(f"{mask_name}, {prompt_name}: expected at most one of them, got both")
     if loss_mask is not None:
-        mask = as_loss_mask(mask_name, loss_mask, int(lengths.sum()))
-        return np.insert(mask, np.cumsum(lengths), np.int32(eod_loss))
+        if not (type(loss_mask) is np.ndarray and loss_mask.dtype == np.int32 and loss_mask.ndim == 1):
+            loss_mask = as_loss_mask(mask_name, loss_mask, int(lengths.sum()))
+        # Checked (0/1, one per token) and written with the EOD cells in one pass.
+        return kernels.eod_cell_mask(loss_mask, lengths, eod_loss=eod_loss, name=mask_name)
     if prompt_lengths is None and eod_loss:
         return None
     prompts = np.zeros_like(lengths) if prompt_lengths is None else as_prompt_lengths(prompt_name, prompt_lengths, lengths)
@@ -343,7 +345,8 @@ def _pieces(tokens, lengths, starts_document, starts_split, truncated, num_docum
 def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, num_rows: int,
                  seq_len: int, eod_token_id: int, pad_token_id: int, shift: str,
                  loss_mask: np.ndarray | None = None,
-                 empty: Callable[..., np.ndarray] = np.empty) -> dict[str, np.ndarray]:
+                 empty: Callable[..., np.ndarray] = np.empty,
+                 out_loss_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The six LLM fields, int32 [num_rows, seq_len], of placed pieces (see :func:`llm_fields`).
 
     Args:
@@ -353,6 +356,8 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
       loss_mask: int32[sum(lengths)] of 0/1 aligned with ``tokens``, or None (all 1).
       empty: ``empty(shape, dtype)`` gives each field's array, e.g. a
         :class:`~xbatch.packing.buffers.BufferPool`'s; every cell is written.
+      out_loss_tokens: int64[num_rows] or None; if given, gets each row's targets trained
+        on (cells with ``targets_segmentation != 0``; every row holds a piece).
     """
     shape = (num_rows, seq_len)
     packed, segmentation, positions = (empty(shape, np.int32) for _ in range(3))
@@ -361,17 +366,13 @@ def lay_out_rows(tokens: np.ndarray, lengths: np.ndarray, bins: np.ndarray, *, n
     if loss_mask is not None:
         # The mask packs exactly like its tokens; times the segment ids it is the
         # segmentation of the targets trained on (a 0/1 mask keeps or zeroes each id).
+        # One pass writes it (shifted for shift="targets") and counts it per row.
         trained = empty(shape, np.int32)
-        if shift == "inputs":
-            kernels.scatter_rows(loss_mask, lengths, bins, trained, padding=0)
-            np.multiply(trained, segmentation, out=trained)
-        else:
-            mask_rows = np.empty(shape, np.int32)
-            kernels.scatter_rows(loss_mask, lengths, bins, mask_rows, padding=0)
-            # Shifted left in the same pass: in C order, cell i + 1 of the flat rows is the
-            # next cell of the row except in the last column, which gets no target.
-            np.multiply(_flat(mask_rows)[1:], _flat(segmentation)[1:], out=_flat(trained)[:-1])
-            trained[:, -1] = 0
+        counts = kernels.trained_segmentation(loss_mask, lengths, bins, trained, shift=int(shift == "targets"))
+        if out_loss_tokens is not None:
+            out_loss_tokens[...] = counts
+    elif out_loss_tokens is not None:
+        out_loss_tokens[...] = loss_tokens_per_row(lengths, bins, num_rows, None, shift)
     return llm_fields(packed, segmentation, positions, eod_token_id=eod_token_id,
                       pad_token_id=pad_token_id, shift=shift, trained_segmentation=trained, empty=empty)
 
@@ -431,13 +432,6 @@ def llm_fields(packed: np.ndarray, segmentation: np.ndarray, positions: np.ndarr
             kernels.shift_left(segmentation, 0, out=new()) if trained_segmentation is None else trained_segmentation
         ),
     }
-
-
-def _flat(rows: np.ndarray) -> np.ndarray:
-    """A 1-d view of C-contiguous rows (never a copy)."""
-    flat = rows.view()
-    flat.shape = (rows.size,)  # raises instead of copying if rows were not contiguous
-    return flat
 
 
 def _copy(source: np.ndarray, out: np.ndarray) -> np.ndarray:
