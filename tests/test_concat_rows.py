@@ -165,3 +165,208 @@ def test_no_documents_give_no_rows(backend):
     assert list(_stream([empty, empty], seq_len=8, num_packing_bins=2)) == []
     batch, stats = pack_documents([], [], seq_len=8, eod_token_id=E, algorithm=CONCAT, return_stats=True)
     assert batch.targets.shape == (0, 8) and stats == PackingStats()
+
+
+# ---------------------------------------------------------------------------------------
+# Loss masks, train_on_eod and max_documents_per_row in concat-then-split
+
+
+def _masked_docs(rng, count, max_length):
+    """(docs, masks, prompts, kinds): per document a random 0/1 mask (kind 0), a prompt
+    length (kind 1) or nothing (kind 2: a mask of ones, prompt length 0)."""
+    docs, masks, prompts, kinds = [], [], [], []
+    for doc in _random_docs(rng, count, max_length):
+        kind = int(rng.integers(3))
+        prompt = int(rng.integers(0, len(doc) + 1)) if kind == 1 else 0
+        mask = (rng.random(len(doc)) < 0.5) if kind == 0 else (np.arange(len(doc)) >= prompt)
+        docs.append(doc.astype(np.int32))
+        masks.append(mask.astype(np.int32))
+        prompts.append(prompt)
+        kinds.append(kind)
+    return docs, masks, prompts, kinds
+
+
+def _grain_masked_rows(docs, masks, seq_len, shift, *, train_on_eod=True, long_documents="split"):
+    """The oracle: grain's ConcatThenSplitIterDataset on {targets, mask} as two features of
+    equal length (the EOD-terminated documents and their masks), then the shift; the
+    targets segmentation is the segment ids times the mask."""
+    cells = [np.append(d, np.int32(E)) for d in docs]
+    cell_masks = [np.append(m, np.int32(train_on_eod)) for m in masks]
+    if long_documents == "truncate":
+        cells, cell_masks = [c[:seq_len] for c in cells], [m[:seq_len] for m in cell_masks]
+    source = _source([{"targets": c, "mask": m} for c, m in zip(cells, cell_masks)])
+    packed = list(grain.experimental.ConcatThenSplitIterDataset(
+        source, length_struct={"targets": seq_len, "mask": seq_len}))
+    tokens = np.stack([row["targets"] for row in packed]).astype(np.int32)
+    seg = np.stack([row["targets_segment_ids"] for row in packed]).astype(np.int32)
+    pos = np.stack([row["targets_positions"] for row in packed]).astype(np.int32)
+    # The mask is cut exactly like its tokens (grain's own segment ids agree).
+    np.testing.assert_array_equal(np.stack([row["mask_segment_ids"] for row in packed]), seg)
+    trained = seg * np.stack([row["mask"] for row in packed]).astype(np.int32)
+    return _shifted(tokens, seg, pos, trained, shift, pad=0)
+
+
+def _shifted(tokens, seg, pos, trained, shift, pad):
+    def left(a, fill):
+        return np.concatenate([a[:, 1:], np.full((len(a), 1), fill, a.dtype)], axis=1)
+
+    tokens = np.where(seg == 0, pad, tokens).astype(np.int32)
+    if shift == "inputs":
+        inputs = np.concatenate([np.full((len(tokens), 1), E, np.int32), tokens[:, :-1]], axis=1)
+        return dict(inputs=inputs, targets=tokens, inputs_position=pos, inputs_segmentation=seg,
+                    targets_position=pos, targets_segmentation=trained)
+    return dict(inputs=tokens, targets=left(tokens, pad), inputs_position=pos, inputs_segmentation=seg,
+                targets_position=left(pos, 0), targets_segmentation=left(trained, 0))
+
+
+def _capped_rows(docs, masks, seq_len, cap, shift, *, train_on_eod=True, pad=0):
+    """Plain-Python reference of the documented cap: the cells back to back, a row closes
+    when full or after its ``cap``-th piece (then padded); a piece never crosses a row."""
+    rows, row, pieces = [], [], 0
+    for doc, mask in zip(docs, masks):
+        cells = list(zip(list(doc) + [E], list(mask) + [int(train_on_eod)]))
+        while cells:
+            if len(row) == seq_len or (cap is not None and pieces == cap):
+                rows.append(row)
+                row, pieces = [], 0
+            take = min(len(cells), seq_len - len(row))
+            pieces += 1
+            row += [(token, m, pieces, position) for position, (token, m) in enumerate(cells[:take])]
+            cells = cells[take:]
+    if row:
+        rows.append(row)
+    fields = np.zeros((4, len(rows), seq_len), np.int32)
+    for r, cells in enumerate(rows):
+        for c, cell in enumerate(cells):
+            fields[:, r, c] = cell
+    tokens, mask, seg, pos = fields
+    return _shifted(tokens, seg, pos, seg * mask, shift, pad)
+
+
+def _masked_chunks(docs, masks, prompts, size, key):
+    chunks = []
+    for start in range(0, len(docs), size):
+        part = slice(start, start + size)
+        chunk = {"tokens": np.concatenate([np.zeros(0, np.int32), *docs[part]]),
+                 "lengths": np.array([len(d) for d in docs[part]], np.int64)}
+        chunk[key] = (np.concatenate([np.zeros(0, np.int32), *masks[part]]) if key == "loss_mask"
+                      else np.array(prompts[part], np.int64))
+        chunks.append(chunk)
+    return chunks
+
+
+def _document_elements(docs, masks, prompts, kinds):
+    forms = []
+    for doc, mask, prompt, kind in zip(docs, masks, prompts, kinds):
+        if kind == 0:
+            forms.append({"tokens": doc, "loss_mask": mask.astype(bool) if len(doc) % 2 else mask})
+        elif kind == 1:
+            forms.append({"tokens": doc.tolist(), "prompt_length": prompt})
+        else:
+            forms.append(doc)
+    return forms
+
+
+def _every_input_form(docs, masks, prompts, kinds, **kwargs):
+    """Rows of documents, chunks (loss_mask; prompt_lengths where the masks are prompts)
+    and bulk pack_documents, all with the same arguments."""
+    flat_tokens, lengths = _flat(docs)
+    flat_mask = np.concatenate([np.zeros(0, np.int32), *masks])
+    bulk = {key: kwargs[key] for key in ("seq_len", "shift", "long_documents", "train_on_eod",
+                                         "max_documents_per_row") if key in kwargs}
+    yield "bulk", pack_documents(flat_tokens, lengths, eod_token_id=E, algorithm=CONCAT, loss_mask=flat_mask, **bulk)
+    for bins in (1, 3):
+        yield f"documents/{bins}", _rows(_stream(_document_elements(docs, masks, prompts, kinds),
+                                                 num_packing_bins=bins, **kwargs))
+        yield f"chunks/{bins}", _rows(_stream(_masked_chunks(docs, masks, prompts, 7, "loss_mask"),
+                                              num_packing_bins=bins, **kwargs))
+    if all(kind != 0 for kind in kinds):  # every mask is a prompt
+        yield "chunks/prompt_lengths", _rows(_stream(_masked_chunks(docs, masks, prompts, 5, "prompt_lengths"),
+                                                     num_packing_bins=2, **kwargs))
+        yield "bulk/prompt_lengths", pack_documents(flat_tokens, lengths, eod_token_id=E, algorithm=CONCAT,
+                                                    prompt_lengths=prompts, **bulk)
+
+
+@pytest.mark.parametrize("shift", ["inputs", "targets"])
+@pytest.mark.parametrize("long_documents", ["split", "truncate"])
+@pytest.mark.parametrize("train_on_eod", [True, False])
+def test_masks_equal_grain_two_feature_oracle(backend, shift, long_documents, train_on_eod):
+    rng = np.random.default_rng(11)
+    docs, masks, prompts, kinds = _masked_docs(rng, 70, 40)
+    expected = _grain_masked_rows(docs, masks, 16, shift, train_on_eod=train_on_eod, long_documents=long_documents)
+    if long_documents == "split":  # the plain reference without a cap is grain's layout too
+        _assert_rows_equal(_capped_rows(docs, masks, 16, None, shift, train_on_eod=train_on_eod), expected)
+    kwargs = dict(seq_len=16, shift=shift, long_documents=long_documents, train_on_eod=train_on_eod)
+    for name, rows in _every_input_form(docs, masks, prompts, kinds, **kwargs):
+        try:
+            _assert_rows_equal(rows, expected)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+    prompt_only = [kind if kind else 1 for kind in kinds]
+    prompt_masks = [(np.arange(len(d)) >= p).astype(np.int32) for d, p in zip(docs, prompts)]
+    expected = _grain_masked_rows(docs, prompt_masks, 16, shift, train_on_eod=train_on_eod,
+                                  long_documents=long_documents)
+    names = []
+    for name, rows in _every_input_form(docs, prompt_masks, prompts, prompt_only, **kwargs):
+        names.append(name)
+        _assert_rows_equal(rows, expected)
+    assert "chunks/prompt_lengths" in names
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 25), min_size=1, max_size=20), seq_len=st.integers(1, 12),
+       cap=st.one_of(st.none(), st.integers(1, 4)), bins=st.integers(1, 4), chunk=st.integers(1, 6),
+       shift=st.sampled_from(["inputs", "targets"]), train_on_eod=st.booleans(), seed=st.integers(0, 2**16))
+def test_cap_and_masks_equal_reference(backend, lengths, seq_len, cap, bins, chunk, shift, train_on_eod, seed):
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 9, n).astype(np.int32) for n in lengths]
+    masks = [(rng.random(n) < 0.6).astype(np.int32) for n in lengths]
+    expected = _capped_rows(docs, masks, seq_len, cap, shift, train_on_eod=train_on_eod)
+    if cap is None:
+        _assert_rows_equal(expected, _grain_masked_rows(docs, masks, seq_len, shift, train_on_eod=train_on_eod))
+    kwargs = dict(seq_len=seq_len, shift=shift, train_on_eod=train_on_eod, max_documents_per_row=cap)
+    elements = [{"tokens": d, "loss_mask": m} for d, m in zip(docs, masks)]
+    _assert_rows_equal(_rows(_stream(elements, num_packing_bins=bins, **kwargs)), expected)
+    chunks = _masked_chunks(docs, masks, None, chunk, "loss_mask")
+    _assert_rows_equal(_rows(_stream(chunks, num_packing_bins=bins, **kwargs)), expected)
+    batch, stats = pack_documents(*_flat(docs), eod_token_id=E, algorithm=CONCAT,
+                                  loss_mask=np.concatenate(masks), return_stats=True, **kwargs)
+    _assert_rows_equal(batch, expected)
+    assert stats.loss_tokens == int(np.count_nonzero(batch.targets_segmentation))
+    if cap is not None:  # the cap holds
+        assert batch.inputs_segmentation.max(initial=0) <= cap
+
+
+def test_cap_closes_a_row_after_its_last_piece(backend):
+    # Rows of 8 cells, at most 2 pieces: [1 E 2 E] is padded, [3 3 3 E] starts the next row whole.
+    docs = [[1], [2], [3, 3, 3], [4, 4, 4, 4, 4, 4, 4, 4, 4]]
+    batch, stats = pack_documents(*_flat(docs), seq_len=8, eod_token_id=E, algorithm=CONCAT,
+                                  max_documents_per_row=2, return_stats=True)
+    np.testing.assert_array_equal(batch.targets, [[1, E, 2, E, 0, 0, 0, 0], [3, 3, 3, E, 4, 4, 4, 4],
+                                                  [4, 4, 4, 4, 4, E, 0, 0]])
+    np.testing.assert_array_equal(batch.targets_segmentation, [[1, 1, 2, 2, 0, 0, 0, 0], [1, 1, 1, 1, 2, 2, 2, 2],
+                                                               [1, 1, 1, 1, 1, 1, 0, 0]])
+    assert stats.pieces == 5 and stats.documents_split == 1 and stats.capacity == 24 and stats.tokens == 18
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_checkpoint_restores_identical_rows_with_masks_and_cap(backend, ragged):
+    docs, masks, prompts, kinds = _masked_docs(np.random.default_rng(5), 25, 30)
+    elements = (_masked_chunks(docs, masks, prompts, 6, "loss_mask") if ragged
+                else _document_elements(docs, masks, prompts, kinds))
+    for kwargs in (dict(num_packing_bins=2), dict(num_packing_bins=3, max_documents_per_row=2, shift="targets"),
+                   dict(num_packing_bins=1, max_documents_per_row=1, train_on_eod=False, shuffle_bins=True, seed=3)):
+        grain.experimental.assert_equal_output_after_checkpoint(_stream(elements, seq_len=12, **kwargs))
+        iterator = iter(_stream(elements, seq_len=12, **kwargs))
+        rows = _rows(iterator)
+        assert iterator.stats.loss_tokens == int(np.count_nonzero(rows["targets_segmentation"]))
+
+
+def test_mask_errors_name_the_argument(backend):
+    chunk = {"tokens": np.arange(3, dtype=np.int32), "lengths": np.array([2, 1]), "loss_mask": np.array([1, 2, 0])}
+    with pytest.raises(ValueError, match="loss_mask: expected 0 or 1 per token, got 2 at token 1"):
+        list(_stream([chunk], seq_len=4, num_packing_bins=1))
+    with pytest.raises(ValueError, match="loss_mask: expected one value per token"):
+        list(_stream([{**chunk, "loss_mask": [1, 0]}], seq_len=4, num_packing_bins=1))
+    with pytest.raises(ValueError, match="prompt_length"):
+        list(_stream([{"tokens": [1, 2], "prompt_length": 3}], seq_len=4, num_packing_bins=1))

@@ -321,19 +321,3 @@ def test_bad_bulk_masks_and_caps_are_named(backend):
             pack_documents(tokens, lengths, seq_len=8, eod_token_id=E, max_documents_per_row=cap)
         with pytest.raises((ValueError, TypeError), match="max_documents_per_row"):
             LLMPackIterDataset(_source([]), seq_len=8, num_packing_bins=1, eod_token_id=E, max_documents_per_row=cap)
-
-
-def test_concat_then_split_refuses_masks_and_caps(backend):
-    tokens, lengths = _flat([[1, 2], [3]])
-    for kwargs in (dict(loss_mask=[1, 0, 1]), dict(prompt_lengths=[1, 0]), dict(train_on_eod=False),
-                   dict(max_documents_per_row=2)):
-        with pytest.raises(ValueError, match="concat_then_split"):
-            pack_documents(tokens, lengths, seq_len=8, eod_token_id=E, algorithm="concat_then_split", **kwargs)
-    for kwargs in (dict(train_on_eod=False), dict(max_documents_per_row=2)):
-        with pytest.raises(ValueError, match="concat_then_split"):
-            LLMPackIterDataset(_source([]), seq_len=8, num_packing_bins=1, eod_token_id=E,
-                               algorithm="concat_then_split", **kwargs)
-    chunk = {"tokens": tokens, "lengths": lengths, "loss_mask": [1, 0, 1]}
-    with pytest.raises(ValueError, match="concat_then_split"):
-        list(LLMPackIterDataset(_source([chunk]), seq_len=8, num_packing_bins=1, eod_token_id=E,
-                                algorithm="concat_then_split"))

@@ -89,7 +89,8 @@ def pack_documents(
         ``targets_segmentation == 0`` (see :class:`LLMPackIterDataset`).
       train_on_eod: whether each document's EOD target is trained on.
       max_documents_per_row: at most this many pieces (segments) per row (grain's
-        ``max_sequences_per_bin``), or None for no cap.
+        ``max_sequences_per_bin``), or None for no cap. With ``"concat_then_split"`` a
+        row is padded after its last allowed piece and the next piece starts the next row.
       attention_metadata: also return ``{"seq_lengths": int32[rows, M], "seq_offsets":
         int32[rows, M + 1]}`` (M = ``max_documents_per_row``, which it needs):
         :func:`~xbatch.packing.attention_metadata` of ``inputs_segmentation``. Slice it
@@ -136,9 +137,9 @@ def pack_documents(
                                      long_documents=long_documents, shift=shift, cell_mask=mask, max_pieces=cap)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     if algorithm == CONCAT:
-        _check_concat_options(mask, train_on_eod, cap, algorithm)
         fields, stats = pack_concat(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
-                                    pad_token_id=pad_token_id, long_documents=long_documents, shift=shift)
+                                    pad_token_id=pad_token_id, long_documents=long_documents, shift=shift,
+                                    cell_mask=mask, max_pieces=cap)
         return (LLMBatch(**fields), stats) if return_stats else LLMBatch(**fields)
     pieces = document_pieces(tokens, lengths, seq_len=seq_len, eod_token_id=eod_token_id,
                              long_documents=long_documents, cell_mask=mask)

@@ -12,7 +12,7 @@ import numpy as np
 from . import checkpoint
 from .buffers import BufferPool
 from .concat_rows import Cells, cut_rows, document_cells, lay_out
-from .pieces import as_lengths, as_tokens, chunk_source, refuse_loss_masks
+from .pieces import as_lengths, as_tokens, cell_loss_mask, chunk_source, document_with_mask
 from .stats import PackingStats
 
 
@@ -46,9 +46,11 @@ class ConcatRowsIterator(grain.DatasetIterator):
 
     def _start_window(self, start: dict[str, Any]) -> None:
         self._window_start = start
-        self._carry: tuple[Any, Cells, int] | None = None  # (parent state, element cells, next cell)
+        # Elements read but not laid out yet, in order: (parent state before the element,
+        # its cells, first cell not laid out); each runs to its element's end.
+        self._pending: list[tuple[Any, Cells, int]] = []
         if start["cell"]:
-            self._carry = (start["parent"], self._cells_of(next(self._parent)), start["cell"])
+            self._pending.append((start["parent"], self._cells_of(next(self._parent)), start["cell"]))
         self._num_rows = 0
 
     def get_state(self) -> dict[str, Any]:
@@ -72,9 +74,7 @@ class ConcatRowsIterator(grain.DatasetIterator):
             self._pack_window()
         row = self._order[self._next_row]
         element = {name: field[row] for name, field in self._fields.items()}
-        row_stats = self._row_stats[row]  # no loss masks here: every target but a shifted row's last
-        self._totals.add_row(row_stats, self._options.seq_len,
-                             loss_tokens=row_stats[0] - (self._options.shift == "targets"))
+        self._totals.add_row(self._row_stats[row], self._options.seq_len, loss_tokens=self._loss_tokens[row])
         self._next_row += 1
         self._counter += 1
         if self._next_row == self._num_rows:
@@ -88,30 +88,46 @@ class ConcatRowsIterator(grain.DatasetIterator):
     def _pack_window(self) -> None:
         options = self._options
         target = options.num_packing_bins * options.seq_len
-        parts, total = [], 0
+        parts, states, total, final = [], [], 0, False
+        pending, self._pending = self._pending, []
         while total < target:
-            if self._carry is None:
+            if not pending:
                 state = self._parent.get_state()
                 try:
                     element = next(self._parent)
                 except StopIteration:
+                    final = True
                     break
-                self._carry = (state, self._cells_of(element), 0)
-            state, cells, begin = self._carry
+                pending.append((state, self._cells_of(element), 0))
+            state, cells, begin = pending.pop(0)
             end = min(len(cells), begin + target - total)
             if end > begin:
                 parts.append((cells, begin, end))
+                states.append(state)
                 total += end - begin
-            self._carry = (state, cells, end) if end < len(cells) else None
+            if end < len(cells):
+                pending.insert(0, (state, cells, end))
         if not total:
             raise StopIteration
-        if self._carry is None:
-            self._next_window_start = {"parent": self._parent.get_state(), "cell": 0}
+        pieces = cut_rows(parts, options.seq_len, max_pieces=options.max_documents_per_row, final=final)
+        # Cells not laid out (a last row the cap held back) start the next window.
+        held, offset = [], 0
+        for state, (cells, begin, end) in zip(states, parts):
+            if offset + (end - begin) > pieces.cells:
+                held.append((state, cells, begin + max(0, pieces.cells - offset)))
+            offset += end - begin
+        if held and pending and pending[0][1] is held[-1][1]:
+            pending.pop(0)  # the same element: held[-1] runs to its end
+        self._pending = held + pending
+        if self._pending:
+            self._next_window_start = {"parent": self._pending[0][0], "cell": self._pending[0][2]}
         else:
-            self._next_window_start = {"parent": self._carry[0], "cell": self._carry[2]}
-        pieces = cut_rows(parts, options.seq_len)
+            self._next_window_start = {"parent": self._parent.get_state(), "cell": 0}
+        loss_tokens = np.empty(pieces.num_rows, np.int64)
         self._fields = lay_out(pieces, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                               pad_token_id=options.pad_token_id, shift=options.shift, empty=self._pool.empty)
+                               pad_token_id=options.pad_token_id, shift=options.shift, empty=self._pool.empty,
+                               out_loss_tokens=loss_tokens)
+        self._loss_tokens = loss_tokens.tolist()
         self._row_stats = pieces.row_stats.tolist()
         if options.shuffle_bins:
             seed = options.seed + self._counter - self._next_row
@@ -122,23 +138,21 @@ class ConcatRowsIterator(grain.DatasetIterator):
 
     def _cells_of(self, element: Any) -> Cells:
         options = self._options
-        if isinstance(element, Mapping):
-            refuse_loss_masks(element, options.algorithm)
-            if "tokens" not in element or "lengths" not in element:
+        eod_loss = int(options.train_on_eod)
+        if isinstance(element, Mapping) and "lengths" in element:
+            if "tokens" not in element:
                 raise ValueError(
                     f"parent element: a ragged chunk needs the keys 'tokens' and 'lengths', got keys {sorted(element)}"
                 )
-            if "loss_mask" in element or "prompt_lengths" in element:  # never drop a mask silently
-                raise ValueError(
-                    "parent element: algorithm='concat_then_split' does not take loss masks yet; use 'first_fit' or "
-                    "'best_fit' for chunks with 'loss_mask' or 'prompt_lengths'"
-                )
             tokens = as_tokens("tokens", element["tokens"])
             lengths = as_lengths(element["lengths"], tokens.shape[0])
+            mask = cell_loss_mask(lengths, element.get("loss_mask"), element.get("prompt_lengths"), eod_loss=eod_loss)
             source, document_ids = chunk_source(element, lengths.shape[0])
         else:
-            tokens = as_tokens("document", element)
+            tokens, document_mask = document_with_mask(element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
+            mask = cell_loss_mask(lengths, document_mask, eod_loss=eod_loss)
             source, document_ids = "the parent element (a single document)", None
         return document_cells(tokens, lengths, seq_len=options.seq_len, eod_token_id=options.eod_token_id,
-                              long_documents=options.long_documents, source=source, document_ids=document_ids)
+                              long_documents=options.long_documents, source=source, document_ids=document_ids,
+                              cell_mask=mask)

@@ -31,6 +31,7 @@ from .pieces import (
     check_token_id,
     chunk_source,
     document_pieces,
+    document_with_mask,
     cell_loss_mask,
     lay_out_rows,
     place_until_full,
@@ -108,9 +109,10 @@ class LLMPackIterDataset(grain.IterDataset):
       algorithm: ``"first_fit"`` or ``"best_fit"`` (grain's windows, above);
         ``"concat_then_split"`` (the documents back to back, cut every ``seq_len`` cells:
         grain's ``ConcatThenSplitIterDataset``; ``num_packing_bins`` rows are laid out at
-        once; see :mod:`xbatch.packing.concat_rows`); ``"rolling_best_fit"`` (the bins
-        stay open and rows leave as their bins close, not with ``shuffle_bins``; see
-        :mod:`xbatch.packing.rolling`; it takes loss masks and the cap).
+        once; it takes loss masks and the cap, see :mod:`xbatch.packing.concat_rows`);
+        ``"rolling_best_fit"`` (the bins stay open and rows leave as their bins close,
+        not with ``shuffle_bins``; see :mod:`xbatch.packing.rolling`; it takes loss masks
+        and the cap).
       long_documents: a document whose tokens plus EOD exceed ``seq_len`` is ``"split"``
         into ``seq_len``-token pieces (each its own segment), ``"truncate"``d to its first
         ``seq_len`` tokens (the EOD is dropped with the rest), or raises (``"error"``).
@@ -123,7 +125,8 @@ class LLMPackIterDataset(grain.IterDataset):
       train_on_eod: whether the EOD target of each document is trained on.
       max_documents_per_row: at most this many pieces (segments) per row, or None (no
         cap): grain's ``max_sequences_per_bin`` rule, for attention kernels with a static
-        segment count. A row that reached the cap takes no more pieces.
+        segment count. A row that reached the cap takes no more pieces (with
+        ``"concat_then_split"`` it is padded and the next piece starts the next row).
       attention_metadata: also put on every row ``seq_lengths`` int32[M] and
         ``seq_offsets`` int32[M + 1] (M = ``max_documents_per_row``, which it needs):
         :func:`~xbatch.packing.attention_metadata` of the row's ``inputs_segmentation``,
@@ -173,11 +176,6 @@ class LLMPackIterDataset(grain.IterDataset):
                 else positive_int("max_documents_per_row", max_documents_per_row)
             ),
         )
-        if self._options.algorithm == CONCAT and (not train_on_eod or max_documents_per_row is not None):
-            raise ValueError(
-                f"algorithm={algorithm!r} does not take train_on_eod=False or max_documents_per_row yet; "
-                "use 'first_fit' or 'best_fit'"
-            )
         if algorithm == ROLLING and shuffle_bins:
             raise ValueError("shuffle_bins: rolling_best_fit emits rows as bins close; shuffle downstream instead")
 
@@ -383,7 +381,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
                 self._check_first_element("chunk" if is_chunk else "document")
             self._element_kind = "chunk" if is_chunk else "document"
             if skip is None and not is_chunk:
-                document, mask = _document(element)
+                document, mask = document_with_mask(element)
                 if document.shape[0] < self._options.seq_len:  # fits a row whole, with its EOD
                     bin_index = self._packer.place_one(document.shape[0] + 1)
                     if bin_index >= 0:
@@ -421,7 +419,7 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
             source, document_ids = chunk_source(element, lengths.shape[0])
         else:
             document_ids = None
-            tokens, document_mask = element if isinstance(element, tuple) else _document(element)
+            tokens, document_mask = element if isinstance(element, tuple) else document_with_mask(element)
             lengths = np.array([tokens.shape[0]], dtype=np.int64)
             mask = cell_loss_mask(lengths, document_mask, eod_loss=int(options.train_on_eod))
             source = "the parent element (a single document)"
@@ -458,33 +456,3 @@ class _LLMPackDatasetIterator(grain.DatasetIterator):
         self._next_window_start = {"parent": next_parent_state, "piece": next_piece, "element": kind}
         self._packer.reset()
         self._window = _Window(options.eod_token_id, int(options.train_on_eod))
-
-
-def _document(element: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """(int32 tokens, int32 0/1 loss mask or None) of a document element: a token array or
-    list, ``{"tokens", "loss_mask"}`` or ``{"tokens", "prompt_length"}``."""
-    if not isinstance(element, Mapping):
-        return as_tokens("document", element), None
-    if "tokens" not in element:
-        raise ValueError(
-            "parent element: expected a document (token array, or a dict with 'tokens' and optionally "
-            f"'loss_mask' or 'prompt_length') or a ragged chunk ('tokens', 'lengths'), got keys {sorted(element)}"
-        )
-    tokens = as_tokens("tokens", element["tokens"])
-    prompt_length, loss_mask = element.get("prompt_length"), element.get("loss_mask")
-    if prompt_length is None and loss_mask is not None:
-        return tokens, as_loss_mask("loss_mask", loss_mask, tokens.shape[0])
-    if prompt_length is None:
-        return tokens, None
-    if loss_mask is not None:
-        raise ValueError("loss_mask, prompt_length: expected at most one of them, got both")
-    if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
-        raise TypeError(f"prompt_length: expected an integer, got {prompt_length!r}")
-    if not 0 <= prompt_length <= tokens.shape[0]:
-        raise ValueError(
-            f"prompt_length: expected 0 <= prompt length <= document length, got {prompt_length} for "
-            f"document 0 of {tokens.shape[0]} tokens"
-        )
-    mask = np.ones(tokens.shape[0], np.int32)
-    mask[:prompt_length] = 0
-    return tokens, mask
