@@ -370,3 +370,20 @@ def test_mask_errors_name_the_argument(backend):
         list(_stream([{**chunk, "loss_mask": [1, 0]}], seq_len=4, num_packing_bins=1))
     with pytest.raises(ValueError, match="prompt_length"):
         list(_stream([{"tokens": [1, 2], "prompt_length": 3}], seq_len=4, num_packing_bins=1))
+
+
+@pytest.mark.parametrize("options", [{}, {"shift": "targets", "train_on_eod": False, "max_documents_per_row": 2}])
+def test_sources_pipeline_carries_a_corpus_loss_mask_column(backend, tmp_path, options):
+    """A corpus on disk with a loss_mask column -> packed_rows(algorithm=concat_then_split)
+    gives pack_documents' rows on the same documents in the same order."""
+    from xbatch.sources import packed_rows, write_xbatch_corpus
+
+    docs, masks, _, _ = _masked_docs(np.random.default_rng(8), 50, 30)
+    tokens, lengths = _flat(docs)
+    mask = np.concatenate(masks).astype(np.uint8)
+    write_xbatch_corpus(tmp_path / "c", tokens, lengths=lengths, token_columns={"loss_mask": mask})
+    rows = packed_rows(tmp_path / "c", seq_len=12, eod_token_id=E, shuffle=False, num_packing_bins=2,
+                       algorithm=CONCAT, documents_per_chunk=7, **options)
+    expected = pack_documents(tokens, lengths, seq_len=12, eod_token_id=E, algorithm=CONCAT, loss_mask=mask,
+                              **options)
+    _assert_rows_equal(_rows(rows), {name: getattr(expected, name) for name in FIELDS})
