@@ -6,7 +6,8 @@ fill ratio of each algorithm, streaming tokens/s and documents/s from ragged chu
 1,000 documents next to grain's ``FirstFitPackIterDataset`` + EOD/shift maps on the same
 documents (as a ratio), documents/s at 8 vs 4,096 bins, and tokens/s with loss masks
 (per-token masks or prompt lengths; SFT-like: the first 10-60% of each document is its
-prompt) next to the same packing without them (as a ratio).
+prompt) next to the same packing without them (as a ratio), for first fit (bulk, chunks,
+documents) and concat-then-split (chunks).
 
 Corpus: 2,048-token rows; document lengths lognormal (sigma 1) with mean 90 or 600
 tokens, clipped to 1..2,047 (so grain, which cannot split, takes every document); int32
@@ -209,10 +210,11 @@ class ManyBins:
 
 
 class Masks:
-    """Loss masks against none: bulk ``pack_documents`` and streaming (chunks, documents)."""
+    """Loss masks against none: bulk ``pack_documents``, streaming (chunks, documents) and
+    streaming concat-then-split (``concat``: the same chunks)."""
 
-    params = [["none", "loss_mask", "prompt_lengths"], ["bulk", "chunks", "documents"], ["inputs", "targets"],
-              list(MEAN_TOKENS)]
+    params = [["none", "loss_mask", "prompt_lengths"], ["bulk", "chunks", "documents", "concat"],
+              ["inputs", "targets"], list(MEAN_TOKENS)]
     param_names = ["masks", "pipeline", "shift", "mean_tokens"]
     num_tokens = 1 << 21
 
@@ -226,9 +228,12 @@ class Masks:
                            "prompt_lengths": {"prompt_lengths": prompts}}[masks]
             self.dataset = None
         else:
-            parent = grain.MapDataset.source(masked_elements(pipeline, masks, mean_tokens, self.num_tokens))
-            self.dataset = LLMPackIterDataset(parent.to_iter_dataset(NO_PREFETCH), seq_len=SEQ_LEN,
-                                              num_packing_bins=NUM_BINS, eod_token_id=EOD, shift=shift)
+            elements = masked_elements("chunks" if pipeline == "concat" else pipeline, masks, mean_tokens,
+                                       self.num_tokens)
+            algorithm = "concat_then_split" if pipeline == "concat" else "first_fit"
+            self.dataset = LLMPackIterDataset(grain.MapDataset.source(elements).to_iter_dataset(NO_PREFETCH),
+                                              seq_len=SEQ_LEN, num_packing_bins=NUM_BINS, eod_token_id=EOD,
+                                              shift=shift, algorithm=algorithm)
         self.shift = shift
 
     def time_pack(self, masks, pipeline, shift, mean_tokens):
@@ -244,10 +249,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     parser.add_argument("--cpu-time", action="store_true",
                         help="loss masks: time with the process's CPU time (steadier on a shared machine)")
-    parser.add_argument("--only", choices=["bulk", "fill", "stream", "bins", "masks"], action="append",
+    parser.add_argument("--only", choices=["bulk", "fill", "stream", "bins", "masks", "cap"], action="append",
                         help="run only these sections (repeatable; default: all)")
+    parser.add_argument("--pipelines", nargs="+", choices=Masks.params[1], default=Masks.params[1],
+                        help="loss masks: only these pipelines")
     args = parser.parse_args(argv)
-    sections = set(args.only or ["bulk", "fill", "stream", "bins", "masks"])
+    sections = set(args.only or ["bulk", "fill", "stream", "bins", "masks", "cap"])
     print(f"xbatch {xbatch.__version__}, kernels: {xbatch.BACKEND}; {SEQ_LEN}-token rows, median of {args.repeats}")
 
     if "bulk" in sections:
@@ -298,7 +305,8 @@ def main(argv=None) -> None:
         clock = time.process_time if args.cpu_time else time.perf_counter
         print(f"\nloss masks, {Masks.num_tokens / 1e6:.1f}M tokens, {NUM_BINS} bins, M tokens/s, runs interleaved, "
               f"{'CPU' if args.cpu_time else 'wall'} time (with masks / none = the masks' cost):")
-        masks_kinds, pipelines, shifts, _ = Masks.params
+        masks_kinds, _, shifts, _ = Masks.params
+        pipelines = args.pipelines
         for mean_tokens in MEAN_TOKENS:
             for pipeline in pipelines:
                 for shift in shifts:
@@ -318,6 +326,35 @@ def main(argv=None) -> None:
                     print(f"  mean {mean_tokens:>3}, {pipeline:>9}, shift={shift:<7}: none {rate['none']:7.1f}, "
                           + ", ".join(f"{kind} {rate[kind]:7.1f} ({seconds[kind] / seconds['none']:.2f}x)"
                                       for kind in masks_kinds[1:]))
+
+    if "cap" in sections:
+        print(f"\nconcat_then_split with max_documents_per_row=M: fill ratio (bulk, 4.2M tokens; first_fit with "
+              f"{NUM_BINS} bins in brackets) and streaming time from ragged chunks (2.1M tokens, CPU time, median):")
+        caps = (None, 64, 32, 16, 8, 4)
+        for mean_tokens in MEAN_TOKENS:
+            tokens, lengths = corpus(mean_tokens, 1 << 22)
+            fills = []
+            for cap in caps:
+                options = dict(seq_len=SEQ_LEN, eod_token_id=EOD, max_documents_per_row=cap, return_stats=True)
+                _, concat = pack_documents(tokens, lengths, algorithm="concat_then_split", **options)
+                _, first_fit = pack_documents(tokens, lengths, num_packing_bins=NUM_BINS, **options)
+                fills.append(f"M={cap or '-'} {concat.fill_ratio:.2%} ({first_fit.fill_ratio:.2%})")
+            print(f"  mean {mean_tokens:>3}: " + ", ".join(fills))
+            elements = masked_elements("chunks", "none", mean_tokens, Masks.num_tokens)
+            seconds = {}
+            for cap in (None, 32):
+                dataset = LLMPackIterDataset(grain.MapDataset.source(elements).to_iter_dataset(NO_PREFETCH),
+                                             seq_len=SEQ_LEN, num_packing_bins=NUM_BINS, eod_token_id=EOD,
+                                             algorithm="concat_then_split", max_documents_per_row=cap)
+                consume(dataset)  # untimed warm-up
+                times = []
+                for _ in range(args.repeats):
+                    start = time.process_time()
+                    consume(dataset)
+                    times.append(time.process_time() - start)
+                seconds[cap] = statistics.median(times)
+            print(f"  mean {mean_tokens:>3}: streaming, no cap {Masks.num_tokens / seconds[None] / 1e6:.1f} M tokens/s, "
+                  f"M=32 {Masks.num_tokens / seconds[32] / 1e6:.1f} M tokens/s ({seconds[32] / seconds[None]:.2f}x)")
 
 
 if __name__ == "__main__":

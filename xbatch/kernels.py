@@ -1051,7 +1051,7 @@ def trained_segmentation(loss_mask: Any, lengths: Any, bins: Any, out: np.ndarra
       shift: 0 or 1.
 
     Returns:
-      int64[rows]: the non-zero cells of each row of ``out``.
+      The non-zero cells of each row of ``out``, int64 [rows].
     """
     out = _check_rows("out", out, np.int32)
     if out.ndim != 2 or not out.flags.c_contiguous:

@@ -24,7 +24,9 @@ class ConcatRowsIterator(grain.DatasetIterator):
     """Concat-then-split rows of the LLM packer, ``options.num_packing_bins`` rows at a time.
 
     A window is the next ``num_packing_bins * seq_len`` cells of the stream (or what is
-    left at its end); its rows are laid out at once. State: ``parent`` (the parent's state
+    left at its end); its rows are laid out at once. With ``max_documents_per_row`` rows
+    may close early, so a window's last row, unless the stream ended, is held back and
+    starts the next window (more cells may join it). State: ``parent`` (the parent's state
     before the element holding the window's first cell), ``cell`` (that cell's index in
     the element's EOD-terminated cells), ``next_row``, ``counter`` and ``stats``, as the
     other modes'. The rows do not depend on the window size.
