@@ -1120,30 +1120,40 @@ def trained_segmentation(loss_mask, lengths, bins, shift, out, out_counts):
     non-zero cells of row ``b``. Returns -1, else the index of the first item that does
     not fit its row (nothing is written then)."""
     rows, row_length = out.shape
-    lengths_list, bins_list = lengths.tolist(), bins.tolist()
-    starts, failed = _item_starts(lengths_list, bins_list, 1, rows, row_length)
-    if failed >= 0:
-        return failed
     n = lengths.shape[0]
-    # Each item's 1-based rank in its row: position among the items of its bin, in order.
+    # Items of a row lie back to back in placement order: a stable sort by row gives each
+    # item's rank in its row and its first column there, without a loop.
     order = np.argsort(bins, kind="stable")
-    sorted_bins = bins[order]
+    sorted_bins, sorted_lengths = bins[order], lengths[order]
     group_start = np.ones(n, bool)
     group_start[1:] = sorted_bins[1:] != sorted_bins[:-1]
     first_of_group = np.flatnonzero(group_start)
+    group = np.cumsum(group_start) - 1
+    ends = np.cumsum(sorted_lengths)
+    row_ends = ends - (ends - sorted_lengths)[first_of_group][group]  # each item's end in its row
+    over = np.flatnonzero(row_ends > row_length)
+    if over.size:
+        return int(order[over].min())  # the first item, in placement order, that leaves its row
     ranks = np.empty(n, np.int32)
-    ranks[order] = np.arange(n) - first_of_group[np.cumsum(group_start) - 1] + 1
-    offsets = np.cumsum(lengths) - lengths
-    values = (loss_mask != 0).astype(np.int32) * np.repeat(ranks, lengths)
-    # One flat row of cells, one cell longer in front: with the shift, a row's first cell
-    # lands there or in the previous row's last column, which the shift leaves at 0.
-    flat = np.zeros(rows * row_length + 1, np.int32)
-    for offset, length, b, start in zip(offsets.tolist(), lengths_list, bins_list, starts):
-        at = 1 + b * row_length + start - shift
-        flat[at:at + length] = values[offset:offset + length]
-        if shift and start == 0 and length:
-            flat[at] = 0  # no target for the row's first cell
-    out[...] = flat[1:].reshape(rows, row_length)
+    ranks[order] = np.arange(n) - first_of_group[group] + 1
+    values = np.repeat(ranks, lengths)
+    values *= loss_mask != 0
+    out[...] = 0
+    if n and (order == np.arange(n)).all():
+        # Rows in order (concat-then-split, whole-corpus windows): one copy per row.
+        firsts = (ends - sorted_lengths)[first_of_group].tolist()
+        totals = row_ends[np.r_[first_of_group[1:], n] - 1].tolist()
+        for b, first, total in zip(sorted_bins[first_of_group].tolist(), firsts, totals):
+            if total > shift:
+                out[b, :total - shift] = values[first + shift:first + total]
+    else:
+        starts = np.empty(n, np.int64)
+        starts[order] = row_ends - sorted_lengths
+        offsets = np.cumsum(lengths) - lengths
+        for offset, length, b, start in zip(offsets.tolist(), lengths.tolist(), bins.tolist(), starts.tolist()):
+            skip = 1 if shift and start == 0 else 0  # no target for a row's first cell
+            if length > skip:
+                out[b, start + skip - shift:start + length - shift] = values[offset + skip:offset + length]
     if shift:
         out[:, -1] = 0
     out_counts[...] = np.count_nonzero(out, axis=1)
