@@ -167,14 +167,6 @@ def pack_documents(
     return batch, stats
 
 
-def _check_concat_options(mask: np.ndarray | None, train_on_eod: bool, cap: int | None, algorithm: str) -> None:
-    if mask is not None or not train_on_eod or cap is not None:
-        raise ValueError(
-            f"algorithm={algorithm!r} does not take loss masks, prompt lengths, train_on_eod=False or "
-            "max_documents_per_row yet; use 'first_fit' or 'best_fit'"
-        )
-
-
 def window_documents(
     tokens: Any,
     lengths: Any,

@@ -73,16 +73,6 @@ class Pieces:
         return self.lengths.shape[0]
 
 
-def refuse_loss_masks(element: Any, algorithm: str) -> None:
-    """A clear error for a parent element with a loss mask, for packers without them."""
-    keys = sorted({"loss_mask", "prompt_length", "prompt_lengths"} & set(element))
-    if keys:
-        raise ValueError(
-            f"parent element: algorithm={algorithm!r} does not take loss masks or prompt lengths yet, got keys "
-            f"{keys}; use 'first_fit' or 'best_fit'"
-        )
-
-
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")

@@ -42,7 +42,6 @@ from .pieces import (
     document_pieces,
     document_with_mask,
     lay_out_rows,
-    loss_tokens_per_row,
 )
 from .stats import PackingStats
 
@@ -126,14 +125,15 @@ def pack_rolling(tokens: np.ndarray, lengths: np.ndarray, *, seq_len: int, eod_t
     rows = np.repeat(np.arange(sizes.shape[0]), sizes)
     starts, placed_lengths = pieces.offsets[order], piece_lengths[order]
     mask = None if pieces.loss_mask is None else gather_pieces(pieces.loss_mask, starts, placed_lengths)
+    loss_tokens = np.empty(sizes.shape[0], np.int64)
     fields = lay_out_rows(gather_pieces(pieces.tokens, starts, placed_lengths), placed_lengths, rows,
                           num_rows=sizes.shape[0], seq_len=seq_len, eod_token_id=eod_token_id,
-                          pad_token_id=pad_token_id, shift=shift, loss_mask=mask)
+                          pad_token_id=pad_token_id, shift=shift, loss_mask=mask, out_loss_tokens=loss_tokens)
     stats = PackingStats(rows=sizes.shape[0], documents=pieces.num_documents, pieces=len(pieces),
                          tokens=pieces.tokens.shape[0], capacity=sizes.shape[0] * seq_len,
                          tokens_truncated=int(pieces.truncated.sum()),
                          documents_split=int(pieces.starts_split_document.sum()),
-                         loss_tokens=int(loss_tokens_per_row(placed_lengths, rows, sizes.shape[0], mask, shift).sum()))
+                         loss_tokens=int(loss_tokens.sum()))
     return fields, stats
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import checkpoint
 from .buffers import BufferPool
-from .pieces import Pieces, document_with_mask, lay_out_rows, loss_tokens_per_row
+from .pieces import Pieces, document_with_mask, lay_out_rows
 from .rolling import RollingOptions, _Arena, element_pieces
 from .stats import PackingStats
 
@@ -182,13 +182,15 @@ class RollingRowsIterator(grain.DatasetIterator):
         tokens, mask, columns = self._arena.take(ids)
         rows = np.repeat(np.arange(sizes.shape[0]), sizes)
         lengths = columns["lengths"]
+        loss_tokens = np.empty(sizes.shape[0], np.int64)
         self._fields = lay_out_rows(tokens, lengths, rows, num_rows=sizes.shape[0], seq_len=options.seq_len,
                                     eod_token_id=options.eod_token_id, pad_token_id=options.pad_token_id,
-                                    shift=options.shift, loss_mask=mask, empty=self._pool.empty)
+                                    shift=options.shift, loss_mask=mask, empty=self._pool.empty,
+                                    out_loss_tokens=loss_tokens)
         # Per row: tokens, pieces, documents, split documents, truncated tokens, loss tokens.
         weights = (lengths, None, columns["starts_document"], columns["starts_split"], columns["truncated"])
         self._row_stats = np.stack(
             [np.bincount(rows, w, minlength=sizes.shape[0]) for w in weights]
-            + [loss_tokens_per_row(lengths, rows, sizes.shape[0], mask, options.shift)], axis=1
+            + [loss_tokens], axis=1
         ).astype(np.int64).tolist()
         self._rows = list(range(sizes.shape[0] - 1, -1, -1))  # popped from the end: row 0 first
