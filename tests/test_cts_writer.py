@@ -4,6 +4,8 @@ cannot write is reported, never written past; bad arguments raise naming themsel
 
 Also run by CI against the bounds-checked build (XBATCH_CYTHON_DEBUG=1)."""
 
+import itertools
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -185,15 +187,13 @@ def test_first_row_offsets_the_rows(backend):
 
 
 def _lengths_reference(elements, keys, start):
-    out = []
-    for element in elements[start:]:
-        if type(element) is not dict or len(element) != len(keys):
-            break
-        values = [element.get(key) for key in keys]
-        if not all(type(v) is np.ndarray and v.ndim >= 1 for v in values):
-            break
-        out += [v.shape[0] for v in values]
-    return out
+    """The definition, stated apart from the twin: lengths of the leading regular elements."""
+
+    def regular(element):
+        return (type(element) is dict and len(element) == len(keys)
+                and all(type(element.get(key)) is np.ndarray and element[key].ndim >= 1 for key in keys))
+
+    return [element[key].shape[0] for element in itertools.takewhile(regular, elements[start:]) for key in keys]
 
 
 @pytest.mark.parametrize("seed", range(12))
